@@ -1,0 +1,79 @@
+"""One name -> factory registry for everything a config refers to by name.
+
+Configs name models, losses, preprocessing ops, evaluators and sharding rules as
+strings. Each kind has one `Registry`; looking up an unknown name fails at
+start-up with the list of known names and the closest match, instead of a
+KeyError deep inside the training loop.
+
+Registries import the modules that populate them lazily (on first lookup), so
+`import big_vision_like.registry` stays cheap and circular imports are avoided.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any, Callable, Iterable
+
+
+class UnknownNameError(ValueError):
+  """A config referred to a name that no module registered."""
+
+
+class Registry:
+  """Maps names to factories for one kind of component (e.g. "pp op")."""
+
+  def __init__(self, kind: str, modules: Iterable[str] = ()):
+    self.kind = kind
+    self._modules = list(modules)
+    self._items: dict[str, Any] = {}
+    self._loaded = False
+
+  def register(self, name: str) -> Callable[[Any], Any]:
+    """Decorator: `@REGISTRY.register("name")` on a function or class."""
+    def decorator(obj):
+      if name in self._items and self._items[name] is not obj:
+        raise ValueError(f"{self.kind} {name!r} is registered twice: "
+                         f"{self._items[name]!r} and {obj!r}")
+      self._items[name] = obj
+      return obj
+    return decorator
+
+  def _load(self) -> None:
+    if not self._loaded:
+      self._loaded = True
+      for module in self._modules:
+        importlib.import_module(module)
+
+  def names(self) -> list[str]:
+    self._load()
+    return sorted(self._items)
+
+  def __contains__(self, name: str) -> bool:
+    self._load()
+    return name in self._items
+
+  def get(self, name: str) -> Any:
+    """Returns the registered object, or fails naming the known names."""
+    self._load()
+    if name in self._items:
+      return self._items[name]
+    raise UnknownNameError(unknown_name_message(self.kind, name, self.names()))
+
+
+def unknown_name_message(kind: str, name: Any, known: Iterable[str]) -> str:
+  """`Unknown {kind} 'x'. Did you mean 'y'? Known: a, b, c.` (shared wording)."""
+  known = sorted(known)
+  msg = f"Unknown {kind} {name!r}."
+  close = difflib.get_close_matches(str(name), known, n=1)
+  if close:
+    msg += f" Did you mean {close[0]!r}?"
+  return msg + f" Known {kind}s: {', '.join(known) or '(none)'}."
+
+
+MODELS = Registry("model", ["big_vision_like.models.vit",
+                            "big_vision_like.models.resnet"])
+LOSSES = Registry("loss", ["big_vision_like.losses"])
+PP_OPS = Registry("pp op", ["big_vision_like.pp.ops_general",
+                            "big_vision_like.pp.ops_image"])
+EVALUATORS = Registry("evaluator", ["big_vision_like.evaluators.classification"])
