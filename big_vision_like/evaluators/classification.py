@@ -1,0 +1,92 @@
+"""Classification evaluator: top-1/top-5 precision and loss over a whole split.
+
+Every example counts exactly once, whatever the batch size and device count:
+the input pipeline pads the last batch and marks real examples in `_mask`;
+the per-example quantities are multiplied by the mask and summed over the
+global batch inside one jitted function, and only the final sums are
+fetched to the host.
+
+Labels are one-hot/multi-hot vectors (`labels`, from the `onehot` pp op) or
+integer class ids (e.g. `label`); with a label vector, a prediction is
+correct@k when any of its top-k classes has a positive label.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from big_vision_like import registry
+from big_vision_like import sharding as sharding_lib
+from big_vision_like.data import input_pipeline
+
+
+def correct_at_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """1.0 where one of the top-k classes is a positive label, else 0.0. [B]."""
+  if labels.ndim == 1:
+    labels = jax.nn.one_hot(labels, logits.shape[-1])
+  _, top = jax.lax.top_k(logits, k)
+  hit = jnp.take_along_axis(labels, top, axis=-1) > 0
+  return jnp.any(hit, axis=-1).astype(jnp.float32)
+
+
+@registry.EVALUATORS.register("classification")
+class Evaluator:
+  """Computes `prec@1`, `prec@5` (if >= 5 classes) and `loss` on one split."""
+
+  def __init__(self, predict_fn: Callable[[Any, dict], jax.Array], *,
+               data: dict, pp: str, batch_size: int, mesh: jax.sharding.Mesh,
+               data_axes: tuple[str, ...], loss_name: str = "softmax_xent",
+               label_key: str = "labels", cache: bool = True, name: str = "eval"):
+    self.name = name
+    self.label_key = label_key
+    self.batches, self.num_batches = input_pipeline.make_eval_iterator(
+        dict(data), pp, batch_size, cache=cache)
+    self.sharding = sharding_lib.batch_sharding(mesh, data_axes)
+    loss_fn = registry.LOSSES.get(loss_name)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def step(params, batch, sums):
+      logits = predict_fn(params, batch)
+      labels = batch[label_key]
+      if labels.ndim == 1 and loss_name == "softmax_xent":
+        onehot = jax.nn.one_hot(labels, logits.shape[-1])
+      else:
+        onehot = labels
+      mask = batch["_mask"].astype(jnp.float32)
+      new = {"count": mask.sum(),
+             "loss": (loss_fn(logits, onehot) * mask).sum(),
+             "prec@1": (correct_at_k(logits, labels, 1) * mask).sum()}
+      if logits.shape[-1] >= 5:
+        new["prec@5"] = (correct_at_k(logits, labels, 5) * mask).sum()
+      if sums is None:
+        return new
+      return jax.tree.map(jnp.add, sums, new)
+
+    self._first = jax.jit(lambda p, b: step(p, b, None), out_shardings=replicated)
+    self._step = jax.jit(step, out_shardings=replicated, donate_argnums=2)
+
+  def run(self, params: Any) -> dict[str, float]:
+    """Evaluates `params` on the whole split; returns `{metric: value}`."""
+    sums = None
+    seen = 0
+    for batch in self.batches:
+      if self.label_key not in batch:
+        raise KeyError(f"evaluator {self.name!r}: pp output has no {self.label_key!r} "
+                       f"(keys: {sorted(batch)}); set label_key or fix the pp string")
+      batch = sharding_lib.put_process_local_batch(batch, self.sharding)
+      sums = self._first(params, batch) if sums is None else self._step(params, batch, sums)
+      seen += 1
+    if seen != self.num_batches:
+      raise RuntimeError(f"evaluator {self.name!r}: expected {self.num_batches} batches, "
+                         f"got {seen}")
+    sums = jax.tree.map(lambda x: float(np.asarray(x)), jax.device_get(sums))
+    count = sums.pop("count")
+    if count == 0:
+      raise ValueError(f"evaluator {self.name!r}: the split has no examples")
+    out = {k: v / count for k, v in sums.items()}
+    out["num_examples"] = count
+    return out

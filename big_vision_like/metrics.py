@@ -1,0 +1,163 @@
+"""Metric output (TensorBoard + metrics.jsonl) and training progress numbers.
+
+`MetricWriter` sends scalars to clu's TensorBoard writer and appends one JSON
+object per logged step to `{workdir}/metrics.jsonl`; only process 0 writes.
+`Progress` turns step timings into img/s, img/s/core, ETA and MFU.
+
+MFU = model FLOPs per step / step time / peak FLOP/s of all devices. Model
+FLOPs come from XLA's cost analysis of the *forward* pass times three (forward
+plus backward), so rematerialisation does not inflate them. The peak is a
+table lookup for known accelerators; on CPU there is no published number, so
+it is measured once with a large jitted float32 matmul (and logged as such).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from clu import metric_writers
+from etils import epath
+
+# Dense peak FLOP/s per device (bf16 for accelerators), from vendor datasheets.
+_PEAK_FLOPS = {
+    "TPU v2": 45e12 / 2, "TPU v3": 123e12 / 2, "TPU v4": 275e12,
+    "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
+    "NVIDIA B200": 2250e12, "NVIDIA L4": 121e12,
+}
+
+
+def measure_cpu_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of a large jitted f32 matmul on the default device set (all cores)."""
+  x = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a, b: a @ b)
+  f(x, x).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(x, x).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n**3 / best
+
+
+def peak_flops_per_device(override: float | None = None) -> tuple[float, str]:
+  """(peak FLOP/s of one device, where the number came from)."""
+  if override:
+    return float(override), "config.peak_flops"
+  kind = jax.devices()[0].device_kind
+  for prefix, flops in _PEAK_FLOPS.items():
+    if kind.startswith(prefix):
+      return flops, f"datasheet ({kind})"
+  if jax.devices()[0].platform == "cpu":
+    # All fake/real CPU devices share the same cores: the matmul measures the host.
+    return (measure_cpu_peak_flops() / jax.device_count(),
+            "measured: jitted 2048x2048 f32 matmul on this CPU")
+  return float("nan"), f"unknown device kind {kind!r}"
+
+
+def forward_flops(fn, *args) -> float | None:
+  """FLOPs of one call of `fn(*args)` according to XLA's cost analysis."""
+  try:
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
+class MetricWriter:
+  """Writes scalars/images to TensorBoard and scalars to metrics.jsonl."""
+
+  def __init__(self, workdir: str, *, is_main: bool | None = None):
+    self.is_main = jax.process_index() == 0 if is_main is None else is_main
+    self.workdir = epath.Path(workdir)
+    self._tb = metric_writers.create_default_writer(
+        str(self.workdir / "tensorboard"), just_logging=not self.is_main,
+        asynchronous=False)
+    self._jsonl = self.workdir / "metrics.jsonl"
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
+    self._tb.write_scalars(step, scalars)
+    if self.is_main:
+      with self._jsonl.open("a") as f:
+        f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    self._tb.write_images(step, images)
+
+  def flush(self) -> None:
+    self._tb.flush()
+
+  def close(self) -> None:
+    self._tb.close()
+
+
+class Progress:
+  """Throughput, ETA and MFU between two logged steps."""
+
+  def __init__(self, *, total_steps: int, batch_size: int, num_devices: int,
+               flops_per_step: float | None, peak_flops_per_device: float,
+               start_step: int = 0):
+    self.total_steps = total_steps
+    self.batch_size = batch_size
+    self.num_devices = num_devices
+    self.flops_per_step = flops_per_step
+    self.peak = peak_flops_per_device * num_devices
+    self._last_step = start_step
+    self._last_time = time.perf_counter()
+    self._paused = 0.0
+
+  def pause(self, seconds: float) -> None:
+    """Excludes time spent in evals/checkpoints from the throughput numbers."""
+    self._paused += seconds
+
+  def measure(self, step: int) -> dict[str, float]:
+    now = time.perf_counter()
+    steps = step - self._last_step
+    dt = now - self._last_time - self._paused
+    self._last_step, self._last_time, self._paused = step, now, 0.0
+    if steps <= 0 or dt <= 0:
+      return {}
+    step_time = dt / steps
+    out = {
+        "perf/step_time_sec": step_time,
+        "perf/img_per_sec": self.batch_size / step_time,
+        "perf/img_per_sec_per_core": self.batch_size / step_time / self.num_devices,
+        "perf/eta_hours": (self.total_steps - step) * step_time / 3600,
+    }
+    if self.flops_per_step and self.peak > 0 and np.isfinite(self.peak):
+      out["perf/mfu"] = self.flops_per_step / step_time / self.peak
+    return out
+
+
+def log_line(step: int, total: int, scalars: Mapping[str, float]) -> str:
+  """`step 100/1000 | loss 0.4213 | lr 1.0e-03 | 1234 img/s | ...` for humans."""
+  parts = [f"[{jax.process_index()}] step {step}/{total}"]
+  fmt = {"train/loss": "loss {:.4f}", "train/lr": "lr {:.2e}",
+         "train/grad_norm": "gnorm {:.3f}", "perf/img_per_sec": "{:.0f} img/s",
+         "perf/img_per_sec_per_core": "{:.0f} img/s/core",
+         "perf/eta_hours": "ETA {:.2f}h", "perf/mfu": "MFU {:.3f}"}
+  for key, f in fmt.items():
+    if key in scalars:
+      parts.append(f.format(scalars[key]))
+  return " | ".join(parts)
+
+
+def setup_logging() -> None:
+  """Log lines say which process speaks (multi-host runs interleave them)."""
+  logging.basicConfig(
+      level=logging.INFO,
+      format=f"%(asctime)s [p{jax.process_index()}] %(levelname)s %(message)s",
+      force=True)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

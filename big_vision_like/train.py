@@ -1,0 +1,358 @@
+"""The one training loop: config -> data -> model -> sharded jit steps -> ckpts/metrics/evals.
+
+Usage:
+  python -m big_vision_like.train --config configs/fashion_vit.py --workdir /tmp/run
+  python -m big_vision_like.train --config configs/vit_i1k.py:variant=B/16,runlocal \
+      --workdir /tmp/run --config.lr=3e-4
+
+A workdir that already holds a checkpoint resumes from it: same data order,
+same random numbers, same result as a run that was never interrupted. SIGTERM
+(a preemption notice) finishes the current step, saves and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from etils import epath
+
+from big_vision_like import checkpoint as ckpt_lib
+from big_vision_like import config as config_lib
+from big_vision_like import durations
+from big_vision_like import metrics as metrics_lib
+from big_vision_like import optim
+from big_vision_like import registry
+from big_vision_like import sharding as sharding_lib
+from big_vision_like.data import input_pipeline
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or inf."""
+
+
+def build_model(config: ml_collections.ConfigDict):
+  """`MODELS[config.model_name](**config.model)`, with errors naming config keys."""
+  cls = registry.MODELS.get(config.model_name)
+  kwargs = dict(config.get("model", {}))
+  if dataclasses.is_dataclass(cls):
+    fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+      raise config_lib.ConfigError(
+          f"config.model.{unknown[0]} is not a field of model {config.model_name!r}; "
+          f"known fields: {', '.join(sorted(fields))}")
+  try:
+    return cls(**kwargs)
+  except (TypeError, ValueError) as e:
+    raise config_lib.ConfigError(f"config.model ({config.model_name}): {e}") from e
+
+
+def make_predict_fn(model) -> Callable[[Any, dict], jax.Array]:
+  def predict(params, batch):
+    logits, _ = model.apply({"params": params}, batch["image"], train=False)
+    return logits
+  return predict
+
+
+def init_params(model, image_shape, rng, mesh, strategy):
+  """Parameters created directly with their final sharding (never replicated first)."""
+  def init(rng):
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    return model.init({"params": rng}, dummy, train=False)["params"]
+  abstract = jax.eval_shape(init, rng)
+  shardings = sharding_lib.param_shardings(abstract, mesh, strategy)
+  return jax.jit(init, out_shardings=shardings)(rng), shardings
+
+
+def make_evaluators(config, predict_fn, mesh, data_axes, *, batch_size,
+                    total_steps, num_train_examples):
+  """[(name, evaluator, every_n_steps)] from `config.evals`."""
+  out = []
+  for name, ev in config.get("evals", {}).items():
+    ev = dict(ev)
+    cls = registry.EVALUATORS.get(ev.pop("type"))
+    every = durations.to_steps(ev, "log", batch_size=batch_size,
+                               num_examples=num_train_examples,
+                               total_steps=total_steps, where=f"config.evals.{name}")
+    for k in durations.which_set(ev, "log"):
+      ev.pop(k)
+    ev.setdefault("batch_size", batch_size)
+    try:
+      evaluator = cls(predict_fn, mesh=mesh, data_axes=data_axes, name=name, **ev)
+    except TypeError as e:
+      raise config_lib.ConfigError(f"config.evals.{name}: {e}") from e
+    out.append((name, evaluator, every))
+  return out
+
+
+def run_evals(evaluators, params, step, writer, *, final=False):
+  results = {}
+  for name, evaluator, every in evaluators:
+    if final or (every and step % every == 0):
+      t0 = time.perf_counter()
+      for k, v in evaluator.run(params).items():
+        results[f"{name}/{k}"] = v
+      logging.info("eval %s at step %d: %s (%.1fs)", name, step,
+                   {k: round(v, 5) for k, v in results.items() if k.startswith(name + "/")},
+                   time.perf_counter() - t0)
+  if results:
+    writer.write_scalars(step, results)
+  return results
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. some test runners)
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: finishing this step, saving, exiting.")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def make_train_step(model, loss_fn, tx, schedule, accum_steps: int):
+  """(state, batch, step) -> (state, metrics); state = {"params", "opt"}."""
+
+  def loss_and_grads(params, images, labels, rng):
+    def loss_of(params):
+      logits, _ = model.apply({"params": params}, images, train=True,
+                              rngs={"dropout": rng})
+      return jnp.mean(loss_fn(logits, labels))
+    return jax.value_and_grad(loss_of)(params)
+
+  def step_fn(state, batch, step, base_rng):
+    rng = jax.random.fold_in(base_rng, step)
+    images, labels = batch["image"], batch["labels"]
+    if accum_steps == 1:
+      loss, grads = loss_and_grads(state["params"], images, labels, rng)
+    else:
+      # Micro-batches: example i goes to micro-batch i % accum_steps, which keeps
+      # every micro-batch evenly spread over the data-sharded batch dimension.
+      def split(x):
+        x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+      def body(carry, xs):
+        i, (im, lb) = xs
+        l, g = loss_and_grads(state["params"], im, lb, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, carry, (l, g)), None
+      zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state["params"]))
+      (loss, grads), _ = jax.lax.scan(
+          body, zeros, (jnp.arange(accum_steps), (split(images), split(labels))))
+      loss, grads = jax.tree.map(lambda x: x / accum_steps, (loss, grads))
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"train/loss": loss, "train/grad_norm": optax.global_norm(grads),
+               "train/lr": schedule(step)}
+    return {"params": params, "opt": opt}, metrics
+
+  return step_fn
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) per `config` in `workdir`; returns the final metrics.
+
+  The returned dict has "step", "preempted" and the final eval results.
+  """
+  config_lib.validate(config)
+  workdir_path = epath.Path(workdir)
+  workdir_path.mkdir(parents=True, exist_ok=True)
+  is_main = jax.process_index() == 0
+  if is_main:
+    (workdir_path / "config.json").write_text(config_lib.to_json(config))
+
+  mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]))
+  data_axes = sharding_lib.data_axes(mesh, config.get("data_axes"))
+  batch_sharding = sharding_lib.batch_sharding(mesh, data_axes)
+  batch_size = config.input.batch_size
+  dp = sharding_lib.data_parallel_size(mesh, data_axes)
+  if batch_size % dp:
+    raise config_lib.ConfigError(f"config.input.batch_size={batch_size} is not divisible "
+                                 f"by the {dp} data-parallel devices of mesh {dict(mesh.shape)}")
+  accum = config.get("grad_accum_steps", 1) or 1
+  if batch_size % (accum * dp):
+    raise config_lib.ConfigError(
+        f"config.input.batch_size={batch_size} must be divisible by grad_accum_steps="
+        f"{accum} x {dp} data-parallel devices")
+
+  data_cfg = dict(config.input.data)
+  num_examples = input_pipeline.train_examples(data_cfg)
+  total_steps = durations.to_steps(config, "total", batch_size=batch_size,
+                                   num_examples=num_examples, where="config")
+  if not total_steps:
+    raise config_lib.ConfigError("set one of config.total_steps|total_epochs|total_examples")
+  dur = dict(batch_size=batch_size, num_examples=num_examples, total_steps=total_steps)
+  log_every = durations.to_steps(config, "log_training", default=50, **dur)
+  ckpt_every = durations.to_steps(config, "ckpt", default=1000, **dur)
+
+  ckpt = ckpt_lib.Checkpointer(
+      str(workdir_path / "checkpoints"), keep_last=config.get("keep_ckpt_last", 3),
+      keep_every_steps=config.get("keep_ckpt_steps"),
+      async_save=config.get("ckpt_async", True))
+  start_step = ckpt.latest_step() or 0
+
+  train_iter = input_pipeline.make_train_iterator(
+      data_cfg, config.input.pp, batch_size, seed=config.get("seed", 0),
+      start_step=start_step,
+      shuffle_buffer_size=config.input.get("shuffle_buffer_size", 50_000),
+      cache=config.input.get("cache", False), prefetch=config.input.get("prefetch", 2))
+  first_batch = next(train_iter)
+  for key in ("image", "labels"):
+    if key not in first_batch:
+      raise config_lib.ConfigError(
+          f"config.input.pp must produce {key!r}; it produced {sorted(first_batch)}")
+
+  model = build_model(config)
+  rng = jax.random.key(config.get("seed", 0))
+  init_rng, dropout_rng = jax.random.split(rng)
+  strategy = config.get("sharding_strategy", [(".*", "replicate")])
+  params, param_shardings = init_params(model, first_batch["image"].shape[1:], init_rng,
+                                        mesh, strategy)
+  tx, schedule = optim.make_optimizer(config, params, total_steps=total_steps,
+                                      batch_size=batch_size, num_examples=num_examples)
+  abstract_state = jax.eval_shape(lambda p: {"params": p, "opt": tx.init(p)}, params)
+  state_shardings = sharding_lib.state_shardings(abstract_state, mesh, strategy)
+  opt = jax.jit(tx.init, out_shardings=state_shardings["opt"])(params)
+  state = {"params": params, "opt": opt}
+
+  if start_step:
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract_state, state_shardings)
+    state, meta, restored_step = ckpt.restore(abstract)
+    start_step = restored_step
+    logging.info("Resumed from step %d (%s)", start_step, meta)
+  elif config.get("model_init"):
+    state["params"] = ckpt_lib.load_params(config.model_init, state["params"],
+                                           skip=config.get("model_init_skip", ()))
+    logging.info("Initialised params from %s (skipping %s)", config.model_init,
+                 list(config.get("model_init_skip", ())))
+
+  loss_fn = registry.LOSSES.get(config.loss)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch_shardings = {k: batch_sharding for k in first_batch}
+  train_step = jax.jit(
+      make_train_step(model, loss_fn, tx, schedule, accum),
+      in_shardings=(state_shardings, batch_shardings, replicated, replicated),
+      out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+  predict_fn = make_predict_fn(model)
+  evaluators = make_evaluators(config, predict_fn, mesh, data_axes, batch_size=batch_size,
+                               total_steps=total_steps, num_train_examples=num_examples)
+  writer = metrics_lib.MetricWriter(str(workdir_path), is_main=is_main)
+  peak, peak_source = metrics_lib.peak_flops_per_device(config.get("peak_flops"))
+  fwd = metrics_lib.forward_flops(
+      lambda p, x: predict_fn(p, {"image": x}),
+      jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params),
+      jax.ShapeDtypeStruct((1, *first_batch["image"].shape[1:]), jnp.float32))
+  flops_per_step = 3 * fwd * batch_size if fwd else None
+  logging.info("Devices: %d (%s), mesh %s, %d processes. Model: %s GFLOPs/image forward. "
+               "Peak %.3g FLOP/s per device (%s). %d params.", jax.device_count(),
+               jax.devices()[0].device_kind, dict(mesh.shape), jax.process_count(),
+               f"{fwd / 1e9:.3f}" if fwd else "?", peak, peak_source,
+               sum(x.size for x in jax.tree.leaves(params)))
+  logging.info("Training %d steps of batch %d (%d examples/epoch) from step %d.",
+               total_steps, batch_size, num_examples, start_step)
+  progress = metrics_lib.Progress(total_steps=total_steps, batch_size=batch_size,
+                                  num_devices=jax.device_count(),
+                                  flops_per_step=flops_per_step,
+                                  peak_flops_per_device=peak, start_step=start_step)
+
+  def save(step, state):
+    ckpt.save(step, state, {"step": step, "examples_seen": step * batch_size,
+                            "seed": config.get("seed", 0)}, force=True)
+
+  step = start_step
+  preempted = False
+  results: dict[str, Any] = {}
+  batch = first_batch
+  with _Preemption() as preemption:
+    while step < total_steps:
+      if batch is None:
+        batch = next(train_iter)
+      gbatch = sharding_lib.put_process_local_batch(batch, batch_sharding)
+      batch = None
+      state, m = train_step(state, gbatch, jnp.int32(step), dropout_rng)
+      step += 1
+      is_log = step % log_every == 0 or step == total_steps
+      is_ckpt = step % ckpt_every == 0 or step == total_steps or preemption.requested
+      if is_log or is_ckpt:
+        # Check before anything is written: a NaN step must never become a checkpoint.
+        m = jax.device_get(m)
+        if not np.isfinite(m["train/loss"]):
+          ckpt.wait()
+          raise NonFiniteLossError(
+              f"train/loss is {m['train/loss']} at step {step}; the last good checkpoint "
+              f"(step {ckpt.latest_step()}) is kept in {workdir_path / 'checkpoints'}. "
+              "Lower config.lr, add config.grad_clip_norm or check the data.")
+      if is_log:
+        scalars = {**m, **progress.measure(step)}
+        writer.write_scalars(step, scalars)
+        logging.info(metrics_lib.log_line(step, total_steps, scalars))
+      if is_ckpt:
+        t0 = time.perf_counter()
+        save(step, state)
+        progress.pause(time.perf_counter() - t0)
+      if preemption.requested:
+        preempted = True
+        break
+      t0 = time.perf_counter()
+      results.update(run_evals(evaluators, state["params"], step, writer,
+                               final=step == total_steps))
+      progress.pause(time.perf_counter() - t0)
+
+  ckpt.wait()
+  ckpt.close()
+  writer.flush()
+  writer.close()
+  return {"step": step, "preempted": preempted, **results, "state": state}
+
+
+def parse_cli(argv: list[str]) -> tuple[ml_collections.ConfigDict, str]:
+  """`--config path[:arg]`, `--workdir DIR` and any `--config.a.b=value` overrides."""
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--config", required=True, help="path/to/config.py[:arg]")
+  parser.add_argument("--workdir", required=True)
+  args, rest = parser.parse_known_args(argv)
+  overrides = []
+  for item in rest:
+    if not item.startswith("--config."):
+      parser.error(f"unrecognized argument {item!r}")
+    overrides.append(item[len("--config."):])
+  return config_lib.load_config(args.config, overrides), args.workdir
+
+
+def main(argv: list[str] | None = None) -> int:
+  metrics_lib.setup_logging()
+  config, workdir = parse_cli(sys.argv[1:] if argv is None else argv)
+  out = train(config, workdir)
+  out.pop("state")
+  logging.info("Done: %s", {k: v for k, v in out.items()})
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

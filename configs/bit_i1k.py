@@ -1,0 +1,65 @@
+"""BiT-R50x1 (pre-activation ResNet v2, GroupNorm + weight standardisation) on ImageNet-1k.
+
+  python -m big_vision_like.train --config configs/bit_i1k.py --workdir gs://...
+  python -m big_vision_like.train --config configs/bit_i1k.py:runlocal --workdir /tmp/x
+
+Upstream-style supervised training as in "Big Transfer (BiT)" (Kolesnikov et
+al. 2020): SGD with momentum 0.9, base lr 0.1 per 256 examples scaled
+linearly with the batch (batch 4096 -> 1.6), weight decay 1e-4, 90 epochs
+with a short warmup and cosine decay here (the paper steps the lr down), inception crop + flip.
+"""
+
+import ml_collections
+
+from big_vision_like.config import parse_arg
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, depth=50, width=1, batch=4096, epochs=90, runlocal=False,
+                  data_dir="")
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.total_epochs = arg.epochs
+  data_dir = arg.data_dir or None
+  config.input = dict(
+      data=dict(name="imagenet2012", split="train[:99%]", data_dir=data_dir),
+      pp=("decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)"
+          "|onehot(1000, key='label', key_result='labels')"),
+      batch_size=arg.batch, shuffle_buffer_size=250_000, cache=False)
+
+  config.model_name = "resnet"
+  config.model = dict(depth=arg.depth, width=arg.width, stem="imagenet", num_classes=1000)
+  config.loss = "softmax_xent"
+
+  config.optax_name = "sgd"
+  config.optax = dict(momentum=0.9)
+  config.lr = 0.1 * arg.batch / 256
+  config.wd = 1e-4
+  config.schedule = dict(warmup_epochs=5, decay_type="cosine")
+
+  config.mesh = [("data", -1)]
+  config.log_training_steps = 50
+  config.ckpt_steps = 1000
+  config.keep_ckpt_steps = 10_000
+  eval_pp = ("decode|resize_small(256)|central_crop(224)|value_range(-1, 1)"
+             "|onehot(1000, key='label', key_result='labels')")
+  config.evals = dict(
+      val=dict(type="classification", pp=eval_pp, log_steps=2500,
+               data=dict(name="imagenet2012", split="validation", data_dir=data_dir)),
+      minival=dict(type="classification", pp=eval_pp, log_steps=2500,
+                   data=dict(name="imagenet2012", split="train[99%:]", data_dir=data_dir)),
+  )
+  if arg.runlocal:
+    config.total_epochs = None
+    config.total_steps = 10
+    config.input.batch_size = 8
+    config.input.shuffle_buffer_size = 100
+    config.schedule = dict(warmup_steps=2, decay_type="cosine")
+    config.log_training_steps = 2
+    config.ckpt_steps = 5
+    config.keep_ckpt_steps = None
+    for ev in config.evals.values():
+      ev.log_steps = 5
+      ev.batch_size = 8
+    config.evals.val.data.split = "validation[:16]"
+  return config

@@ -1,0 +1,57 @@
+"""The main job: a small ViT on the embedded Fashion-MNIST, on one CPU.
+
+  python -m big_vision_like.train --config configs/fashion_vit.py --workdir DIR
+
+Arguments (`configs/fashion_vit.py:epochs=3,batch=256`): epochs, batch, runlocal
+(a few steps, for smoke tests).
+"""
+
+import ml_collections
+
+from big_vision_like.config import parse_arg
+
+TRAIN_PP = ("decode|random_crop(28, pad=2)|flip_lr|value_range(-1, 1)"
+            "|onehot(10, key='label', key_result='labels')")
+EVAL_PP = "decode|value_range(-1, 1)|onehot(10, key='label', key_result='labels')"
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, epochs=12, batch=128, runlocal=False)
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.total_epochs = arg.epochs
+
+  config.input = dict(
+      data=dict(name="fashion_mnist", split="train"),
+      pp=TRAIN_PP, batch_size=arg.batch, shuffle_buffer_size=60_000, cache=True)
+
+  # 28x28 images, 4x4 patches: 49 tokens. Narrow and shallow enough to train
+  # many epochs on two cores; sincos position embeddings and GAP need no extra
+  # parameters to learn.
+  config.model_name = "vit"
+  config.model = dict(variant="Ti/4", width=128, depth=6, mlp_dim=256, num_heads=4,
+                      num_classes=10, pool_type="gap", posemb="sincos2d")
+  config.loss = "softmax_xent"
+
+  config.optax_name = "adamw"
+  config.optax = dict(b2=0.99)
+  config.lr = 2e-3
+  config.wd = 5e-2
+  config.schedule = dict(warmup_epochs=1, decay_type="cosine")
+  config.grad_clip_norm = 1.0
+
+  config.mesh = [("data", -1)]
+  config.log_training_steps = 100
+  config.ckpt_epochs = 1
+  config.evals = dict(test=dict(type="classification",
+                                data=dict(name="fashion_mnist", split="test"),
+                                pp=EVAL_PP, batch_size=500, log_percent=50))
+
+  if arg.runlocal:
+    config.total_epochs = None
+    config.total_steps = 20
+    config.log_training_steps = 5
+    config.ckpt_epochs = None
+    config.ckpt_steps = 10
+    config.evals.test.data.split = "test[:1000]"
+  return config

@@ -1,0 +1,83 @@
+"""ViT on ImageNet-1k from scratch: S/16 (90 epochs, batch 1024) and B/16 (300 epochs, batch 4096).
+
+  python -m big_vision_like.train --config configs/vit_i1k.py:variant=S/16 --workdir gs://...
+  python -m big_vision_like.train --config configs/vit_i1k.py:variant=B/16 --workdir gs://...
+  python -m big_vision_like.train --config configs/vit_i1k.py:runlocal --workdir /tmp/x
+
+The S/16 recipe follows "Better plain ViT baselines for ImageNet-1k" (Beyer et
+al. 2022): global average pooling, fixed 2-d sincos position embeddings, batch
+1024, Adam(b2=0.999) with decoupled weight decay 1e-4, 10k warmup steps and
+cosine decay, inception crop + flip (the paper also uses RandAugment(2, 10) and
+mixup 0.2: add them to `pp` / the config once those ops exist). B/16 uses the
+longer 300-epoch schedule at batch 4096 with dropout-free stochastic depth 0.1.
+`runlocal` keeps the data and model family but shrinks batch, steps and evals.
+"""
+
+import ml_collections
+
+from big_vision_like.config import parse_arg
+
+RECIPES = {
+    "S/16": dict(epochs=90, batch=1024, lr=1e-3, wd=1e-4, drop_path=0.0),
+    "B/16": dict(epochs=300, batch=4096, lr=1e-3, wd=1e-4, drop_path=0.1),
+}
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, variant="S/16", runlocal=False, data_dir="")
+  if arg.variant not in RECIPES:
+    raise ValueError(f"configs/vit_i1k.py: variant must be one of {sorted(RECIPES)}, "
+                     f"got {arg.variant!r}")
+  recipe = RECIPES[arg.variant]
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.total_epochs = recipe["epochs"]
+  data_dir = arg.data_dir or None
+
+  config.input = dict(
+      data=dict(name="imagenet2012", split="train[:99%]", data_dir=data_dir),
+      pp=("decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)"
+          "|onehot(1000, key='label', key_result='labels')"),
+      batch_size=recipe["batch"], shuffle_buffer_size=250_000, cache=False)
+
+  config.model_name = "vit"
+  config.model = dict(variant=arg.variant, num_classes=1000, pool_type="gap",
+                      posemb="sincos2d", rep_size=False, drop_path=recipe["drop_path"])
+  config.loss = "softmax_xent"
+
+  config.optax_name = "adam"
+  config.optax = dict(b1=0.9, b2=0.999)
+  config.lr = recipe["lr"]
+  config.wd = recipe["wd"]
+  config.schedule = dict(warmup_steps=10_000, decay_type="cosine")
+  config.grad_clip_norm = 1.0
+
+  config.mesh = [("data", -1)]
+  config.log_training_steps = 50
+  config.ckpt_steps = 1000
+  config.keep_ckpt_steps = 10_000
+
+  eval_pp = ("decode|resize_small(256)|central_crop(224)|value_range(-1, 1)"
+             "|onehot(1000, key='label', key_result='labels')")
+  config.evals = dict(
+      val=dict(type="classification", pp=eval_pp, log_steps=2500,
+               data=dict(name="imagenet2012", split="validation", data_dir=data_dir)),
+      minival=dict(type="classification", pp=eval_pp, log_steps=2500,
+                   data=dict(name="imagenet2012", split="train[99%:]", data_dir=data_dir)),
+  )
+
+  if arg.runlocal:
+    config.total_epochs = None
+    config.total_steps = 10
+    config.input.batch_size = 8
+    config.input.shuffle_buffer_size = 100
+    config.schedule.warmup_steps = 2
+    config.log_training_steps = 2
+    config.ckpt_steps = 5
+    config.keep_ckpt_steps = None
+    for ev in config.evals.values():
+      ev.log_steps = 5
+      ev.batch_size = 8
+    config.evals.val.data.split = "validation[:16]"
+    config.evals.minival.data.split = "train[99%:]"
+  return config

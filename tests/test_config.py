@@ -1,0 +1,124 @@
+"""Config loading, `:arg` strings, overrides and start-up validation errors."""
+
+import pytest
+
+from big_vision_like import config as config_lib
+from big_vision_like import registry
+from big_vision_like import train as train_lib
+
+MAIN = "configs/fashion_vit.py"
+
+
+def test_parse_arg_types_and_flags():
+  arg = config_lib.parse_arg("runlocal,epochs=3,variant=B/16,lr=1e-3",
+                             runlocal=False, epochs=1, variant="S/16", lr=0.1, name=None)
+  assert arg.runlocal is True
+  assert arg.epochs == 3 and isinstance(arg.epochs, int)
+  assert arg.variant == "B/16"
+  assert arg.lr == pytest.approx(1e-3)
+  assert arg.name is None
+
+
+def test_parse_arg_unknown_key_names_it():
+  with pytest.raises(config_lib.ConfigError, match=r"'epohcs'.*Did you mean 'epochs'"):
+    config_lib.parse_arg("epohcs=3", epochs=1)
+
+
+def test_parse_arg_bad_type():
+  with pytest.raises(config_lib.ConfigError, match="epochs"):
+    config_lib.parse_arg("epochs=many", epochs=1)
+
+
+def test_load_config_with_arg_and_overrides():
+  config = config_lib.load_config(MAIN + ":epochs=3,batch=64",
+                                  ["lr=0.01", "model.depth=2", "optax.b2=0.95"])
+  assert config.total_epochs == 3
+  assert config.input.batch_size == 64
+  assert config.lr == 0.01
+  assert config.model.depth == 2
+  assert config.optax.b2 == 0.95
+  config_lib.validate(config)
+
+
+def test_override_unknown_key_fails_with_known_keys():
+  with pytest.raises(config_lib.ConfigError, match=r"config\.model\.dpeth.*'depth'"):
+    config_lib.load_config(MAIN, ["model.dpeth=2"])
+  with pytest.raises(config_lib.ConfigError, match=r"config\.inptu"):
+    config_lib.load_config(MAIN, ["inptu.batch_size=2"])
+  with pytest.raises(config_lib.ConfigError, match="key.path=value"):
+    config_lib.load_config(MAIN, ["lr"])
+
+
+def test_missing_config_file():
+  with pytest.raises(config_lib.ConfigError, match="not_there.py"):
+    config_lib.load_config("configs/not_there.py")
+
+
+def test_unknown_top_level_key():
+  config = config_lib.load_config(MAIN)
+  config.totl_steps = 10
+  with pytest.raises(config_lib.ConfigError, match=r"config\.totl_steps.*'total_steps'"):
+    config_lib.validate(config)
+
+
+def test_unknown_input_and_eval_keys():
+  config = config_lib.load_config(MAIN)
+  config.input.batchsize = 3
+  with pytest.raises(config_lib.ConfigError, match=r"config\.input\.batchsize"):
+    config_lib.validate(config)
+  config = config_lib.load_config(MAIN)
+  config.evals.test.log_stpes = 3
+  with pytest.raises(config_lib.ConfigError, match=r"config\.evals\.test\.log_stpes"):
+    config_lib.validate(config)
+
+
+def test_unknown_model_loss_evaluator_names_list_known_ones():
+  config = config_lib.load_config(MAIN)
+  config.model_name = "vitt"
+  with pytest.raises(registry.UnknownNameError, match=r"'vitt'.*'vit'.*resnet"):
+    config_lib.validate(config)
+  config = config_lib.load_config(MAIN)
+  config.loss = "softmax"
+  with pytest.raises(registry.UnknownNameError, match=r"loss 'softmax'.*softmax_xent"):
+    config_lib.validate(config)
+  config = config_lib.load_config(MAIN)
+  config.evals.test.type = "clasification"
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config\.evals\.test\.type.*'classification'"):
+    config_lib.validate(config)
+
+
+def test_unknown_pp_op_fails_at_validation():
+  config = config_lib.load_config(MAIN)
+  config.input.pp = "decode|resise(32)|value_range(-1, 1)"
+  with pytest.raises(ValueError, match=r"resise.*resize"):
+    config_lib.validate(config)
+
+
+def test_unknown_model_field_names_it():
+  config = config_lib.load_config(MAIN)
+  config.model.widht = 3
+  with pytest.raises(config_lib.ConfigError, match=r"config\.model\.widht.*width"):
+    train_lib.build_model(config)
+
+
+@pytest.mark.parametrize("spec", [
+    "configs/fashion_vit.py", "configs/fashion_vit.py:runlocal",
+    "configs/fashion_resnet.py", "configs/fashion_resnet.py:runlocal",
+    "configs/vit_i1k.py:variant=S/16", "configs/vit_i1k.py:variant=B/16",
+    "configs/vit_i1k.py:runlocal", "configs/bit_i1k.py", "configs/bit_i1k.py:runlocal"])
+def test_all_configs_validate(spec):
+  config = config_lib.load_config(spec)
+  config_lib.validate(config)
+  train_lib.build_model(config)
+
+
+def test_vit_i1k_recipes():
+  s16 = config_lib.load_config("configs/vit_i1k.py:variant=S/16")
+  b16 = config_lib.load_config("configs/vit_i1k.py:variant=B/16")
+  assert (s16.total_epochs, s16.input.batch_size) == (90, 1024)
+  assert (b16.total_epochs, b16.input.batch_size) == (300, 4096)
+  local = config_lib.load_config("configs/vit_i1k.py:runlocal")
+  assert local.total_steps == 10 and local.input.batch_size == 8
+  with pytest.raises(ValueError, match="variant"):
+    config_lib.load_config("configs/vit_i1k.py:variant=Q/16")

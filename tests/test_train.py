@@ -1,0 +1,214 @@
+"""End-to-end training on the real (prepared) Fashion-MNIST: outputs, resume, evals, errors.
+
+Each run uses a tiny ViT so that the whole file stays fast on two CPU cores.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from big_vision_like import checkpoint as ckpt_lib
+from big_vision_like import config as config_lib
+from big_vision_like import eval as eval_lib
+from big_vision_like import train as train_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_MODEL = dict(depth=1, width=32, mlp_dim=64, num_heads=2)
+
+
+def tiny_overrides(data_dir, **extra):
+  """`--config.` overrides (without the prefix) for a tiny, fast run."""
+  items = dict(**{f"model.{k}": v for k, v in TINY_MODEL.items()},
+               **{"input.data.data_dir": data_dir, "evals.test.data.data_dir": data_dir,
+                  "input.batch_size": 32, "input.shuffle_buffer_size": 1000},
+               **extra)
+  return [f"{k}={v}" for k, v in items.items()]
+
+
+def tiny_config(data_dir, **extra):
+  """The runlocal config with a tiny model; `extra` may also add keys (a.b=v)."""
+  config = config_lib.load_config("configs/fashion_vit.py:runlocal",
+                                  tiny_overrides(data_dir))
+  for key, value in extra.items():
+    *parents, last = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    with node.ignore_type():
+      node[last] = value
+  return config
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_train_writes_everything_and_eval_cli_agrees(fashion_mnist_data_dir, tmp_path):
+  config = tiny_config(fashion_mnist_data_dir)
+  workdir = str(tmp_path / "run")
+  out = train_lib.train(config, workdir)
+  assert out["step"] == 20 and not out["preempted"]
+
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert saved["model"]["width"] == 32 and saved["total_steps"] == 20
+
+  rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  train_rows = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train_rows] == [5, 10, 15, 20]
+  for key in ("train/lr", "train/grad_norm", "perf/img_per_sec",
+              "perf/img_per_sec_per_core", "perf/eta_hours", "perf/mfu"):
+    assert key in train_rows[-1], key
+  assert 0 < train_rows[-1]["perf/mfu"] < 1
+  evals = [r for r in rows if "test/prec@1" in r]
+  assert evals[-1]["step"] == 20 and evals[-1]["test/num_examples"] == 1000
+
+  # TensorBoard's own reader sees the same scalars.
+  acc = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+  acc.Reload()
+  tags = acc.Tags()["scalars"]
+  assert "train/loss" in tags and "test/prec@1" in tags
+  tb_loss = {e.step: e.value for e in acc.Scalars("train/loss")}
+  assert tb_loss[20] == pytest.approx(train_rows[-1]["train/loss"], rel=1e-6)
+
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  assert ckpt.latest_step() == 20
+  ckpt.close()
+
+  # Evaluating the checkpoint without training gives the same numbers.
+  results = eval_lib.evaluate(config, workdir)
+  assert results["step"] == 20
+  assert results["test/prec@1"] == pytest.approx(out["test/prec@1"], abs=1e-7)
+  assert results["test/loss"] == pytest.approx(out["test/loss"], rel=1e-5)
+
+
+def _params_of(workdir, config, step):
+  """Final params as numpy, restored from the run's checkpoint at `step`."""
+  out = train_lib.train(config, workdir)  # already finished: restores and returns
+  assert out["step"] == step
+  return jax.tree.map(np.asarray, out["state"]["params"])
+
+
+def test_resumed_run_ends_with_identical_params(fashion_mnist_data_dir, tmp_path):
+  # Dropout and random augmentation are on, so data order, augmentation and rng
+  # streams must all be resumed exactly for the params to match bit for bit.
+  extra = {"model.dropout": 0.1, "evals.test.log_percent": 100}
+  config = tiny_config(fashion_mnist_data_dir, **extra)
+  full = str(tmp_path / "full")
+  train_lib.train(config, full)
+  # Interrupt: the same run, minus everything after its step-10 checkpoint.
+  part = str(tmp_path / "part")
+  shutil.copytree(full, part)
+  shutil.rmtree(os.path.join(part, "checkpoints", "20"))
+  out = train_lib.train(tiny_config(fashion_mnist_data_dir, **extra), part)
+  assert out["step"] == 20
+  resumed = jax.tree.map(np.asarray, out["state"]["params"])
+  uninterrupted = _params_of(full, config, 20)
+  jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
+  losses = lambda w: {r["step"]: r["train/loss"]
+                      for r in read_jsonl(os.path.join(w, "metrics.jsonl"))
+                      if "train/loss" in r}
+  assert losses(part)[15] == losses(full)[15]
+  assert losses(part)[20] == losses(full)[20]
+
+
+def _run_cli(args, env_extra=None, **kw):
+  env = dict(os.environ, **(env_extra or {}))
+  return subprocess.Popen([sys.executable, "-m", "big_vision_like.train", *args],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_sigterm_saves_and_resumes(fashion_mnist_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  args = ["--config", "configs/fashion_vit.py:runlocal", "--workdir", workdir]
+  overrides = tiny_overrides(fashion_mnist_data_dir, total_steps=100_000,
+                             log_training_steps=1, ckpt_steps=100_000)
+  proc = _run_cli(args + ["--config." + o for o in overrides])
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(metrics) and len(read_jsonl(metrics)) >= 3:
+      break
+    time.sleep(0.5)
+  assert proc.poll() is None, proc.stdout.read()
+  proc.send_signal(signal.SIGTERM)
+  log, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, log
+  assert "SIGTERM" in log
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  saved = ckpt.latest_step()
+  ckpt.close()
+  assert saved is not None and 3 <= saved < 100_000
+  last_logged = max(r["step"] for r in read_jsonl(metrics))
+  assert saved >= last_logged
+
+  # Same workdir again: resumes from the saved step, not from scratch.
+  config = config_lib.load_config(
+      "configs/fashion_vit.py:runlocal",
+      tiny_overrides(fashion_mnist_data_dir, total_steps=saved + 3, log_training_steps=1))
+  out = train_lib.train(config, workdir)
+  assert out["step"] == saved + 3
+  steps = [r["step"] for r in read_jsonl(metrics) if "train/loss" in r]
+  assert steps[-3:] == [saved + 1, saved + 2, saved + 3]
+
+
+def test_one_and_eight_devices_give_the_same_losses(fashion_mnist_data_dir, tmp_path):
+  losses = {}
+  for n in (1, 8):
+    workdir = str(tmp_path / f"dev{n}")
+    overrides = tiny_overrides(fashion_mnist_data_dir, log_training_steps=1,
+                               total_steps=8)
+    proc = _run_cli(["--config", "configs/fashion_vit.py:runlocal", "--workdir", workdir]
+                    + ["--config." + o for o in overrides],
+                    env_extra={"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"})
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+    assert f"Devices: {n} " in log
+    rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    losses[n] = [r["train/loss"] for r in rows if "train/loss" in r]
+    evals = [r for r in rows if "test/prec@1" in r]
+    losses[n].append(evals[-1]["test/prec@1"])
+  assert len(losses[1]) == 9
+  np.testing.assert_allclose(losses[1], losses[8], rtol=2e-5)
+  # Training actually moved the loss.
+  assert losses[1][7] != losses[1][0]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(fashion_mnist_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  train_lib.train(tiny_config(fashion_mnist_data_dir, total_steps=10), workdir)
+  # Resume with a pp that divides by zero: every image becomes inf -> NaN loss.
+  bad = tiny_config(fashion_mnist_data_dir, total_steps=20)
+  bad.input.pp = ("decode|value_range(-1, 1, 0, 0)"
+                  "|onehot(10, key='label', key_result='labels')")
+  with pytest.raises(train_lib.NonFiniteLossError, match=r"step 1[1-5].*step 10"):
+    train_lib.train(bad, workdir)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  assert ckpt.all_steps() == [5, 10] or ckpt.latest_step() == 10
+  ckpt.close()
+
+
+def test_gradient_accumulation_matches_full_batch(fashion_mnist_data_dir, tmp_path):
+  extra = {"total_steps": 3, "evals.test.log_percent": 100}
+  full = train_lib.train(tiny_config(fashion_mnist_data_dir, **extra), str(tmp_path / "a"))
+  accum = train_lib.train(tiny_config(fashion_mnist_data_dir, grad_accum_steps=4, **extra),
+                          str(tmp_path / "b"))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               jax.tree.map(np.asarray, full["state"]["params"]),
+               jax.tree.map(np.asarray, accum["state"]["params"]))
+
+
+def test_batch_not_divisible_by_devices_names_key(fashion_mnist_data_dir, tmp_path):
+  config = tiny_config(fashion_mnist_data_dir, grad_accum_steps=3)
+  with pytest.raises(config_lib.ConfigError, match="batch_size=32.*grad_accum_steps=3"):
+    train_lib.train(config, str(tmp_path / "run"))
