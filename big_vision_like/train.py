@@ -297,8 +297,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       batch = None
       state, m = train_step(state, gbatch, jnp.int32(step), dropout_rng)
       step += 1
+      stop = preemption.requested  # read once: the signal may arrive at any moment
       is_log = step % log_every == 0 or step == total_steps
-      is_ckpt = step % ckpt_every == 0 or step == total_steps or preemption.requested
+      is_ckpt = step % ckpt_every == 0 or step == total_steps or stop
       if is_log or is_ckpt:
         # Check before anything is written: a NaN step must never become a checkpoint.
         m = jax.device_get(m)
@@ -316,7 +317,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         save(step, state)
         progress.pause(time.perf_counter() - t0)
-      if preemption.requested:
+      if stop:
         preempted = True
         break
       t0 = time.perf_counter()

@@ -9,18 +9,18 @@ import ml_collections
 
 from big_vision_like.config import parse_arg
 
-TRAIN_PP = ("decode|random_crop(28, pad=2)|flip_lr|value_range(-1, 1)"
+TRAIN_PP = ("decode(1)|random_crop(28, pad=2)|flip_lr|value_range(-1, 1)"
             "|onehot(10, key='label', key_result='labels')")
-EVAL_PP = "decode|value_range(-1, 1)|onehot(10, key='label', key_result='labels')"
+EVAL_PP = "decode(1)|value_range(-1, 1)|onehot(10, key='label', key_result='labels')"
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, epochs=5, batch=128, depth=26, width=0.25, runlocal=False)
+  arg = parse_arg(arg, epochs=5, batch=128, depth=26, width=0.5, runlocal=False)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.total_epochs = arg.epochs
   config.input = dict(
-      data=dict(name="fashion_mnist", split="train"),
+      data=dict(name="fashion_mnist", split="train", data_dir=None),
       pp=TRAIN_PP, batch_size=arg.batch, shuffle_buffer_size=60_000, cache=True)
 
   # "small" stem: 3x3 stride-1 conv and no max-pool, so 28x28 inputs are not
@@ -40,11 +40,12 @@ def get_config(arg=None):
   config.log_training_steps = 100
   config.ckpt_epochs = 1
   config.evals = dict(test=dict(type="classification",
-                                data=dict(name="fashion_mnist", split="test"),
+                                data=dict(name="fashion_mnist", split="test", data_dir=None),
                                 pp=EVAL_PP, batch_size=500, log_percent=50))
   if arg.runlocal:
     config.total_epochs = None
     config.total_steps = 20
+    config.schedule = dict(warmup_steps=2, decay_type="cosine")
     config.log_training_steps = 5
     config.ckpt_epochs = None
     config.ckpt_steps = 10

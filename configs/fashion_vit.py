@@ -10,9 +10,9 @@ import ml_collections
 
 from big_vision_like.config import parse_arg
 
-TRAIN_PP = ("decode|random_crop(28, pad=2)|flip_lr|value_range(-1, 1)"
+TRAIN_PP = ("decode(1)|random_crop(28, pad=2)|flip_lr|value_range(-1, 1)"
             "|onehot(10, key='label', key_result='labels')")
-EVAL_PP = "decode|value_range(-1, 1)|onehot(10, key='label', key_result='labels')"
+EVAL_PP = "decode(1)|value_range(-1, 1)|onehot(10, key='label', key_result='labels')"
 
 
 def get_config(arg=None):
@@ -22,7 +22,7 @@ def get_config(arg=None):
   config.total_epochs = arg.epochs
 
   config.input = dict(
-      data=dict(name="fashion_mnist", split="train"),
+      data=dict(name="fashion_mnist", split="train", data_dir=None),
       pp=TRAIN_PP, batch_size=arg.batch, shuffle_buffer_size=60_000, cache=True)
 
   # 28x28 images, 4x4 patches: 49 tokens. Narrow and shallow enough to train
@@ -36,7 +36,7 @@ def get_config(arg=None):
   config.optax_name = "adamw"
   config.optax = dict(b2=0.99)
   config.lr = 2e-3
-  config.wd = 5e-2
+  config.wd = 1e-4  # decoupled: params shrink by wd x (lr schedule / peak lr) per step
   config.schedule = dict(warmup_epochs=1, decay_type="cosine")
   config.grad_clip_norm = 1.0
 
@@ -44,12 +44,13 @@ def get_config(arg=None):
   config.log_training_steps = 100
   config.ckpt_epochs = 1
   config.evals = dict(test=dict(type="classification",
-                                data=dict(name="fashion_mnist", split="test"),
+                                data=dict(name="fashion_mnist", split="test", data_dir=None),
                                 pp=EVAL_PP, batch_size=500, log_percent=50))
 
   if arg.runlocal:
     config.total_epochs = None
     config.total_steps = 20
+    config.schedule = dict(warmup_steps=2, decay_type="cosine")
     config.log_training_steps = 5
     config.ckpt_epochs = None
     config.ckpt_steps = 10

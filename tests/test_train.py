@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
 
 from big_vision_like import checkpoint as ckpt_lib
 from big_vision_like import config as config_lib
@@ -75,9 +76,10 @@ def test_train_writes_everything_and_eval_cli_agrees(fashion_mnist_data_dir, tmp
   # TensorBoard's own reader sees the same scalars.
   acc = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
   acc.Reload()
-  tags = acc.Tags()["scalars"]
-  assert "train/loss" in tags and "test/prec@1" in tags
-  tb_loss = {e.step: e.value for e in acc.Scalars("train/loss")}
+  tags = acc.Tags()["tensors"]  # TF2 summaries store scalars as tensors
+  assert "train/loss" in tags and "test/prec@1" in tags and "perf/mfu" in tags
+  tb_loss = {e.step: float(tensor_util.make_ndarray(e.tensor_proto))
+             for e in acc.Tensors("train/loss")}
   assert tb_loss[20] == pytest.approx(train_rows[-1]["train/loss"], rel=1e-6)
 
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
@@ -187,9 +189,9 @@ def test_one_and_eight_devices_give_the_same_losses(fashion_mnist_data_dir, tmp_
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(fashion_mnist_data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   train_lib.train(tiny_config(fashion_mnist_data_dir, total_steps=10), workdir)
-  # Resume with a pp that divides by zero: every image becomes inf -> NaN loss.
+  # Resume with pixels scaled to ~3e38: the patch embedding overflows -> NaN loss.
   bad = tiny_config(fashion_mnist_data_dir, total_steps=20)
-  bad.input.pp = ("decode|value_range(-1, 1, 0, 0)"
+  bad.input.pp = ("decode(1)|value_range(-3e38, 3e38)"
                   "|onehot(10, key='label', key_result='labels')")
   with pytest.raises(train_lib.NonFiniteLossError, match=r"step 1[1-5].*step 10"):
     train_lib.train(bad, workdir)

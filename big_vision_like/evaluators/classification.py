@@ -13,6 +13,7 @@ correct@k when any of its top-k classes has a positive label.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
@@ -43,6 +44,11 @@ class Evaluator:
                label_key: str = "labels", cache: bool = True, name: str = "eval"):
     self.name = name
     self.label_key = label_key
+    # Any batch size works: round up to a multiple of the data-parallel devices
+    # (the padding is masked out, so the metrics do not change).
+    dp = sharding_lib.data_parallel_size(mesh, data_axes)
+    multiple = dp * jax.process_count() // math.gcd(dp, jax.process_count())
+    batch_size = -(-batch_size // multiple) * multiple
     self.batches, self.num_batches = input_pipeline.make_eval_iterator(
         dict(data), pp, batch_size, cache=cache)
     self.sharding = sharding_lib.batch_sharding(mesh, data_axes)

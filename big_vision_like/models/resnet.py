@@ -1,0 +1,197 @@
+"""BiT ResNet v2 (Kolesnikov et al. 2020, "Big Transfer") in flax.linen.
+
+Registered as model "resnet". Pre-activation bottleneck ResNet (He et al.
+2016, "Identity Mappings") with GroupNorm (32 groups) instead of BatchNorm and
+weight-standardised convolutions, so there are no batch statistics: the model
+only has a "params" collection and behaves the same for any batch size or
+sharding.
+
+Parameter names:
+  stem_conv/kernel                      7x7/2 ("imagenet") or 3x3/1 ("small")
+  stage_{s}/block_{b}/gn{1,2,3}/...     pre-activation GroupNorms
+  stage_{s}/block_{b}/conv{1,2,3}/kernel   1x1, 3x3 (strided), 1x1
+  stage_{s}/block_{b}/conv_proj/kernel  1x1 shortcut where the shape changes
+  norm_pre_head/{scale,bias}            final GroupNorm before pooling
+  head/{kernel,bias}                    classifier
+(stages and blocks are numbered from 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from big_vision_like.models import common
+from big_vision_like.registry import MODELS
+
+# depth -> bottleneck blocks per stage (He et al. 2016; BiT uses 50/101/152).
+BLOCKS_PER_STAGE: dict[int, tuple[int, int, int, int]] = {
+    26: (2, 2, 2, 2),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+    200: (3, 24, 36, 3),
+}
+STEMS = ("imagenet", "small")
+BASE_WIDTH = 64  # stem channels and first-stage bottleneck channels at width=1
+NUM_GROUPS = 32
+
+
+class StdConv(nn.Module):
+  """Convolution whose kernel is standardised per output channel.
+
+  Each output filter is shifted to mean 0 and scaled to variance 1 over its
+  (height, width, input-channel) weights before use (Qiao et al. 2019). The
+  stored param stays float32; only the standardised copy is cast to `dtype`.
+  """
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    shape = (*self.kernel_size, x.shape[-1], self.features)
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), shape,
+                        jnp.float32)
+    mean = jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
+    var = jnp.var(kernel, axis=(0, 1, 2), keepdims=True)
+    kernel = (kernel - mean) * jax.lax.rsqrt(var + 1e-10)
+    return jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype),
+        window_strides=self.strides, padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class BottleneckBlock(nn.Module):
+  """Pre-activation bottleneck: GN-ReLU-conv1x1, GN-ReLU-conv3x3, GN-ReLU-conv1x1.
+
+  The stride sits on the 3x3 conv (as in BiT). The shortcut is the identity,
+  or a strided 1x1 conv of the pre-activated input when the shape changes.
+  """
+  mid_channels: int
+  strides: tuple[int, int] = (1, 1)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    out_channels = 4 * self.mid_channels
+    pre = nn.relu(nn.GroupNorm(num_groups=NUM_GROUPS, name="gn1")(x))
+    if x.shape[-1] != out_channels or self.strides != (1, 1):
+      shortcut = StdConv(out_channels, (1, 1), self.strides, self.dtype,
+                         name="conv_proj")(pre)
+    else:
+      shortcut = x
+    y = StdConv(self.mid_channels, (1, 1), dtype=self.dtype, name="conv1")(pre)
+    y = nn.relu(nn.GroupNorm(num_groups=NUM_GROUPS, name="gn2")(y))
+    y = StdConv(self.mid_channels, (3, 3), self.strides, self.dtype,
+                name="conv2")(y)
+    y = nn.relu(nn.GroupNorm(num_groups=NUM_GROUPS, name="gn3")(y))
+    y = StdConv(out_channels, (1, 1), dtype=self.dtype, name="conv3")(y)
+    return y + shortcut
+
+
+class ResNetStage(nn.Module):
+  """`num_blocks` bottleneck blocks; only the first one may downsample."""
+  num_blocks: int
+  mid_channels: int
+  first_strides: tuple[int, int] = (1, 1)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for b in range(1, self.num_blocks + 1):
+      strides = self.first_strides if b == 1 else (1, 1)
+      x = BottleneckBlock(self.mid_channels, strides, self.dtype,
+                          name=f"block_{b}")(x)
+    return x
+
+
+@MODELS.register("resnet")
+class ResNet(nn.Module):
+  """BiT-style ResNet v2 returning `(logits, aux)`.
+
+  Attributes:
+    num_classes: classifier size; None or 0 returns the pre-logits as logits.
+    depth: one of BLOCKS_PER_STAGE (26, 50, 101, 152, 200).
+    width: channel multiplier (BiT R50x1 -> 1, R50x3 -> 3); 64 * width must
+      be a whole multiple of 32 (the GroupNorm group count).
+    stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "small" (3x3/1 conv, no
+      pool; for 28x28 or 32x32 images).
+    dtype_mm: compute dtype of the convs and the head; params stay float32.
+    head_zeroinit: zero-initialise the classifier kernel.
+
+  aux holds "stem", "stage_1".."stage_4" (raw residual-stream outputs),
+  "pre_logits" (after the final GroupNorm+ReLU and global average pool) and,
+  with a head, "logits".
+  """
+  num_classes: int | None = None
+  depth: int = 50
+  width: float = 1
+  stem: str = "imagenet"
+  dtype_mm: str = "float32"
+  head_zeroinit: bool = True
+
+  def __post_init__(self):
+    # Validate at construction so a bad config fails before any tracing.
+    if self.depth not in BLOCKS_PER_STAGE:
+      raise ValueError(f"model.depth={self.depth!r} is not a supported ResNet "
+                       f"depth; supported: "
+                       f"{', '.join(map(str, BLOCKS_PER_STAGE))}.")
+    if self.stem not in STEMS:
+      raise ValueError(f"model.stem={self.stem!r} is unknown; known values: "
+                       f"{', '.join(STEMS)}.")
+    self._stem_channels()
+    common.resolve_dtype(self.dtype_mm)
+    common.num_classes_or_none(self.num_classes)
+    super().__post_init__()
+
+  def _stem_channels(self) -> int:
+    channels = BASE_WIDTH * self.width
+    if (not isinstance(self.width, (int, float)) or self.width <= 0
+        or channels != int(channels) or int(channels) % NUM_GROUPS):
+      raise ValueError(f"model.width={self.width!r} gives {channels} stem "
+                       f"channels; it must be a positive multiple of 0.5 so "
+                       f"that channels divide into {NUM_GROUPS} GroupNorm "
+                       f"groups.")
+    return int(channels)
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool = False
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    del train  # no dropout or batch statistics: train and eval are identical
+    common.check_images(images, "ResNet")
+    dtype = common.resolve_dtype(self.dtype_mm)
+    channels = self._stem_channels()
+    out = {}
+
+    if self.stem == "imagenet":
+      x = StdConv(channels, (7, 7), (2, 2), dtype, name="stem_conv")(images)
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    else:
+      x = StdConv(channels, (3, 3), dtype=dtype, name="stem_conv")(images)
+    out["stem"] = x
+
+    for s, num_blocks in enumerate(BLOCKS_PER_STAGE[self.depth], start=1):
+      # Each stage doubles the bottleneck width; all but the first halve the
+      # resolution.
+      x = ResNetStage(num_blocks, channels * 2 ** (s - 1),
+                      (1, 1) if s == 1 else (2, 2), dtype,
+                      name=f"stage_{s}")(x)
+      out[f"stage_{s}"] = x
+
+    # Pre-activation design: the residual stream is normalised once more
+    # before pooling.
+    x = nn.relu(nn.GroupNorm(num_groups=NUM_GROUPS, name="norm_pre_head")(x))
+    x = jnp.mean(x, axis=(1, 2))
+    out["pre_logits"] = x
+
+    num_classes = common.num_classes_or_none(self.num_classes)
+    if num_classes is None:
+      return x, out
+    logits = common.classifier_head(num_classes, self.head_zeroinit, dtype)(x)
+    out["logits"] = logits
+    return logits, out

@@ -1,0 +1,370 @@
+"""Vision Transformer (Dosovitskiy et al. 2020) as a flax.linen module.
+
+Registered as model "vit". One class covers everything the configs need:
+named variants ("B/16", "Ti/4", ...) with per-field overrides for tiny custom
+models, three pooling types (class token, global average, attention pooling),
+learned or fixed 2-D sin-cos position embeddings, dropout, stochastic depth,
+a low-precision matmul dtype, `nn.scan` over the blocks (compiles once per
+model instead of once per layer) and rematerialisation policies.
+
+Parameter names (with pool_type="tok", posemb="learn", scan=False):
+  embedding/{kernel,bias}             patch embedding (a strided conv)
+  cls                                 class token
+  pos_embedding                       learned position embedding
+  Transformer/encoderblock_{i}/...    LayerNorm_0, MultiHeadDotProductAttention_0,
+                                      LayerNorm_1, MlpBlock_0/Dense_{0,1}
+  Transformer/encoder_norm            final LayerNorm
+  pre_logits                          optional dense+tanh (rep_size)
+  head                                classifier
+With scan=True the blocks are one "Transformer/encoderblock" whose params have
+a leading depth axis.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from big_vision_like.models import common
+from big_vision_like.registry import MODELS
+
+# name -> (width, depth, mlp_dim, num_heads), from the ViT papers
+# (Dosovitskiy et al. 2020; Zhai et al. 2021 "Scaling Vision Transformers").
+VARIANTS: dict[str, tuple[int, int, int, int]] = {
+    "mu": (32, 1, 128, 2),
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "H": (1280, 32, 5120, 16),
+    "g": (1408, 40, 6144, 16),
+}
+POOL_TYPES = ("gap", "tok", "map")
+POSEMB_TYPES = ("learn", "sincos2d")
+
+
+def parse_variant(variant: str | None) -> tuple[tuple[int, int, int, int] | None,
+                                                int | None]:
+  """"S/16" -> (S's (width, depth, mlp_dim, heads), 16); "S" -> (..., None)."""
+  if variant is None:
+    return None, None
+  name, _, patch = str(variant).partition("/")
+  if name not in VARIANTS:
+    raise ValueError(f"model.variant={variant!r}: unknown ViT size {name!r}; "
+                     f"known sizes: {', '.join(VARIANTS)} (e.g. 'B/16').")
+  if not patch:
+    return VARIANTS[name], None
+  if not patch.isdigit() or int(patch) <= 0:
+    raise ValueError(f"model.variant={variant!r}: patch size {patch!r} after "
+                     "'/' must be a positive integer (e.g. 'B/16').")
+  return VARIANTS[name], int(patch)
+
+
+def posemb_sincos_2d(h: int, w: int, width: int,
+                     temperature: float = 10_000.) -> np.ndarray:
+  """Fixed 2-D sin-cos position embedding, shape [1, h*w, width].
+
+  A quarter of the channels encodes sin(y), cos(y), sin(x), cos(x) each, with
+  frequencies spaced geometrically from 1 down to 1/temperature. Computed in
+  numpy so it becomes a compile-time constant.
+  """
+  if width % 4:
+    raise ValueError(f"posemb='sincos2d' needs model width divisible by 4, "
+                     f"got width={width}.")
+  quarter = width // 4
+  omega = 1.0 / temperature ** (np.arange(quarter) / max(quarter - 1, 1))
+  ys, xs = np.mgrid[:h, :w]
+  y = ys.reshape(-1, 1) * omega[None]
+  x = xs.reshape(-1, 1) * omega[None]
+  emb = np.concatenate([np.sin(y), np.cos(y), np.sin(x), np.cos(x)], axis=1)
+  return emb[None].astype(np.float32)
+
+
+def _drop_path(x: jax.Array, rate: Any, rng: jax.Array) -> jax.Array:
+  """Stochastic depth: zero a residual branch for whole examples.
+
+  `rate` may be a traced scalar (it is a scanned input under nn.scan), so no
+  Python branching on its value here.
+  """
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / keep, jnp.zeros_like(x)).astype(x.dtype)
+
+
+class MlpBlock(nn.Module):
+  """Dense -> GELU -> dropout -> Dense, the transformer feed-forward layer."""
+  mlp_dim: int
+  dropout: float = 0.0
+  dtype_mm: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    width = x.shape[-1]
+    dense = lambda n: nn.Dense(n, dtype=self.dtype_mm,
+                               kernel_init=nn.initializers.xavier_uniform(),
+                               bias_init=nn.initializers.normal(stddev=1e-6))
+    x = dense(self.mlp_dim)(x)
+    x = nn.gelu(x)
+    x = nn.Dropout(rate=self.dropout)(x, deterministic)
+    return dense(width)(x)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-LayerNorm transformer block: x + attn(LN(x)), then x + mlp(LN(x)).
+
+  Returns `(x, None)` so the same class can be the body of nn.scan.
+  `drop_path_rate` is this block's stochastic-depth rate (a traced scalar
+  under scan); it is only used when `use_drop_path` is set.
+  """
+  mlp_dim: int
+  num_heads: int
+  dropout: float = 0.0
+  use_drop_path: bool = False
+  dtype_mm: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, drop_path_rate: Any,
+               deterministic: bool = True) -> tuple[jax.Array, None]:
+    def residual(x, y):
+      y = nn.Dropout(rate=self.dropout)(y, deterministic)
+      if self.use_drop_path and not deterministic:
+        y = _drop_path(y, drop_path_rate, self.make_rng("dropout"))
+      return x + y
+
+    y = nn.LayerNorm()(x)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype_mm,
+        kernel_init=nn.initializers.xavier_uniform(),
+        deterministic=True)(y)  # no attention-probability dropout
+    x = residual(x, y)
+    y = nn.LayerNorm()(x)
+    y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
+                 dtype_mm=self.dtype_mm)(y, deterministic)
+    return residual(x, y), None
+
+
+class Encoder(nn.Module):
+  """The stack of `depth` blocks plus the final LayerNorm."""
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  dropout: float = 0.0
+  drop_path: float = 0.0
+  dtype_mm: Any = jnp.float32
+  scan: bool = False
+  remat_policy: str = "none"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    # Stochastic depth grows linearly from 0 (first block) to `drop_path`.
+    rates = np.linspace(0.0, self.drop_path, self.depth, dtype=np.float32)
+    block_cls: Callable[..., nn.Module] = Encoder1DBlock
+    if self.remat_policy != "none":
+      # Argument 3 of __call__(self, x, rate, deterministic) is a Python bool.
+      block_cls = nn.remat(block_cls, prevent_cse=not self.scan,
+                           static_argnums=(3,),
+                           policy=getattr(jax.checkpoint_policies,
+                                          self.remat_policy))
+    block_kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+                    dropout=self.dropout, use_drop_path=self.drop_path > 0,
+                    dtype_mm=self.dtype_mm)
+    if self.scan:
+      stack = nn.scan(block_cls,
+                      variable_axes={"params": 0},
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(0, nn.broadcast),
+                      length=self.depth)
+      x, _ = stack(name="encoderblock", **block_kw)(
+          x, jnp.asarray(rates), deterministic)
+    else:
+      for i in range(self.depth):
+        x, _ = block_cls(name=f"encoderblock_{i}", **block_kw)(
+            x, float(rates[i]), deterministic)
+    return nn.LayerNorm(name="encoder_norm")(x)
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling: a learned probe attends over all tokens."""
+  mlp_dim: int
+  num_heads: int
+  dtype_mm: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch, _, width = x.shape
+    probe = self.param("probe", nn.initializers.xavier_uniform(),
+                       (1, 1, width), jnp.float32)
+    probe = jnp.broadcast_to(probe, (batch, 1, width))
+    x = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype_mm,
+        kernel_init=nn.initializers.xavier_uniform(),
+        deterministic=True)(probe, x)
+    y = nn.LayerNorm()(x)
+    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype_mm=self.dtype_mm)(y)
+    return x[:, 0]
+
+
+@MODELS.register("vit")
+class ViT(nn.Module):
+  """Vision Transformer returning `(logits, aux)`.
+
+  Attributes:
+    num_classes: classifier size; None or 0 returns the pre-logits as logits.
+    variant: "<size>/<patch>" such as "B/16" or "Ti/4" (sizes: VARIANTS).
+    width, depth, mlp_dim, num_heads, patch_size: overrides of the variant's
+      values (None = take it from the variant).
+    pool_type: "gap" (mean of tokens), "tok" (class token) or "map"
+      (attention pooling with a learned probe).
+    posemb: "learn" (trained) or "sincos2d" (fixed).
+    rep_size: False, or True (= width) / an int: a dense+tanh pre-logits layer.
+    dropout: dropout rate after attention, inside and after the MLP.
+    drop_path: stochastic-depth rate of the last block (0 for the first).
+    head_zeroinit: zero-initialise the classifier kernel.
+    dtype_mm: compute dtype of matmuls/convs ("float32" or "bfloat16");
+      params and LayerNorms stay float32.
+    scan: run the blocks with nn.scan (params stacked on a leading depth axis).
+    remat_policy: "none" or a jax.checkpoint_policies name, e.g.
+      "nothing_saveable" or "dots_saveable"; rematerialises each block.
+
+  aux holds "stem" (patch embeddings, [B, h, w, D]), "encoded" (encoder
+  output after the final LayerNorm, [B, tokens, D], class token first when
+  pool_type="tok"), "pre_logits" ([B, D or rep_size]) and, with a head,
+  "logits".
+  """
+  num_classes: int | None = None
+  variant: str | None = None
+  width: int | None = None
+  depth: int | None = None
+  mlp_dim: int | None = None
+  num_heads: int | None = None
+  patch_size: int | None = None
+  pool_type: str = "gap"
+  posemb: str = "learn"
+  rep_size: bool | int = False
+  dropout: float = 0.0
+  drop_path: float = 0.0
+  head_zeroinit: bool = True
+  dtype_mm: str = "float32"
+  scan: bool = False
+  remat_policy: str = "none"
+
+  def __post_init__(self):
+    # Validate at construction so a bad config fails before any tracing.
+    self._dims()
+    if self.pool_type not in POOL_TYPES:
+      raise ValueError(f"model.pool_type={self.pool_type!r} is unknown; "
+                       f"known values: {', '.join(POOL_TYPES)}.")
+    if self.posemb not in POSEMB_TYPES:
+      raise ValueError(f"model.posemb={self.posemb!r} is unknown; "
+                       f"known values: {', '.join(POSEMB_TYPES)}.")
+    if (self.remat_policy != "none"
+        and not hasattr(jax.checkpoint_policies, self.remat_policy)):
+      known = sorted(n for n in dir(jax.checkpoint_policies)
+                     if not n.startswith("_"))
+      raise ValueError(f"model.remat_policy={self.remat_policy!r} is unknown; "
+                       f"use 'none' or one of jax.checkpoint_policies: "
+                       f"{', '.join(known)}.")
+    for field in ("dropout", "drop_path"):
+      rate = getattr(self, field)
+      if not 0.0 <= rate < 1.0:
+        raise ValueError(f"model.{field}={rate!r} must be in [0, 1).")
+    common.resolve_dtype(self.dtype_mm)
+    common.num_classes_or_none(self.num_classes)
+    super().__post_init__()
+
+  def _dims(self) -> dict[str, int]:
+    """Resolved width/depth/mlp_dim/num_heads/patch_size (variant + overrides)."""
+    sizes, patch = parse_variant(self.variant)
+    from_variant = dict(zip(("width", "depth", "mlp_dim", "num_heads"),
+                            sizes or (None,) * 4), patch_size=patch)
+    dims = {}
+    for field, default in from_variant.items():
+      value = getattr(self, field)
+      value = default if value is None else value
+      if value is None:
+        raise ValueError(f"model.{field} is not set: give model.variant "
+                         f"(e.g. 'S/16') or model.{field} explicitly.")
+      if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+          or value <= 0):
+        raise ValueError(f"model.{field}={value!r} must be a positive int.")
+      dims[field] = int(value)
+    if dims["width"] % dims["num_heads"]:
+      raise ValueError(f"model.width={dims['width']} is not divisible by "
+                       f"model.num_heads={dims['num_heads']}.")
+    return dims
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool = False
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    common.check_images(images, "ViT")
+    dims = self._dims()
+    width, patch = dims["width"], dims["patch_size"]
+    dtype = common.resolve_dtype(self.dtype_mm)
+    _, h, w, _ = images.shape
+    if h % patch or w % patch:
+      raise ValueError(f"ViT: image shape {tuple(images.shape)} (height {h}, "
+                       f"width {w}) is not divisible by patch_size={patch}.")
+    out = {}
+
+    # Patch embedding: a non-overlapping strided conv, then flatten the grid.
+    x = nn.Conv(width, (patch, patch), strides=(patch, patch),
+                padding="VALID", dtype=dtype, name="embedding")(images)
+    out["stem"] = x
+    batch, gh, gw, _ = x.shape
+    x = x.reshape(batch, gh * gw, width)
+
+    if self.posemb == "sincos2d":
+      # Fixed embedding for the patches only; a class token needs none.
+      x = x + jnp.asarray(posemb_sincos_2d(gh, gw, width))
+
+    if self.pool_type == "tok":
+      cls = self.param("cls", nn.initializers.zeros, (1, 1, width),
+                       jnp.float32)
+      x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, width))
+                           .astype(x.dtype), x], axis=1)
+
+    if self.posemb == "learn":
+      # The class token (if any) gets its own learned position too, as in
+      # the original ViT (197 positions for B/16 at 224).
+      if self.has_variable("params", "pos_embedding"):
+        built = self.get_variable("params", "pos_embedding").shape[1]
+        if built != x.shape[1]:
+          raise ValueError(f"ViT: images {tuple(images.shape)} give "
+                           f"{x.shape[1]} tokens but pos_embedding was built "
+                           f"for {built}; use the training image size.")
+      x = x + self.param("pos_embedding",
+                         nn.initializers.normal(stddev=width ** -0.5),
+                         (1, x.shape[1], width), jnp.float32)
+
+    x = nn.Dropout(rate=self.dropout)(x, not train)
+    x = Encoder(depth=dims["depth"], mlp_dim=dims["mlp_dim"],
+                num_heads=dims["num_heads"], dropout=self.dropout,
+                drop_path=self.drop_path, dtype_mm=dtype, scan=self.scan,
+                remat_policy=self.remat_policy,
+                name="Transformer")(x, not train)
+    out["encoded"] = x
+
+    if self.pool_type == "gap":
+      x = jnp.mean(x, axis=1)
+    elif self.pool_type == "tok":
+      x = x[:, 0]
+    else:
+      x = MAPHead(mlp_dim=dims["mlp_dim"], num_heads=dims["num_heads"],
+                  dtype_mm=dtype, name="MAPHead_0")(x)
+
+    if self.rep_size:
+      rep = width if self.rep_size is True else int(self.rep_size)
+      x = nn.tanh(nn.Dense(rep, dtype=dtype, name="pre_logits")(x))
+    out["pre_logits"] = x
+
+    num_classes = common.num_classes_or_none(self.num_classes)
+    if num_classes is None:
+      return x, out
+    logits = common.classifier_head(num_classes, self.head_zeroinit, dtype)(x)
+    out["logits"] = logits
+    return logits, out
