@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from typing import Any, Sequence
 
@@ -89,6 +90,9 @@ class Checkpointer:
         not isinstance(keep_every_steps, int) or keep_every_steps < 1):
       raise ValueError("Checkpointer keep_every_steps must be None or an int "
                        f">= 1, got {keep_every_steps!r}")
+    # orbax needs absolute paths; URIs such as gs://bucket/x are left as they are.
+    if "://" not in str(directory):
+      directory = os.path.abspath(directory)
     self.directory = epath.Path(directory)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=_preservation_policy(keep_last, keep_every_steps),
@@ -128,6 +132,9 @@ class Checkpointer:
     except (TypeError, ValueError) as e:
       raise TypeError(f"Checkpoint meta for step {step} is not JSON-"
                       f"serializable: {e}") from None
+    # A failed background write of the previous save must stop the run here,
+    # not just be logged by orbax's finalize thread.
+    self._manager.check_for_errors()
     args = ocp.args.Composite(**{
         STATE: ocp.args.StandardSave(state),
         META: ocp.args.JsonSave(meta),
@@ -183,8 +190,9 @@ class Checkpointer:
     return self._manager.reached_preemption(step)
 
   def wait(self) -> None:
-    """Blocks until all background saves are committed."""
+    """Blocks until all background saves are committed; re-raises their errors."""
     self._manager.wait_until_finished()
+    self._manager.check_for_errors()
 
   def close(self) -> None:
     """Waits for pending saves and releases orbax's resources."""
@@ -199,7 +207,7 @@ class Checkpointer:
 
 def _find_step_dir(path: str) -> epath.Path:
   """A workdir, a checkpoints dir or a step dir -> the step dir to load."""
-  p = epath.Path(path)
+  p = epath.Path(path if "://" in str(path) else os.path.abspath(path))
   if not p.exists():
     raise FileNotFoundError(f"load_params: checkpoint path {path} does not "
                             "exist")

@@ -108,10 +108,13 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
           node.keys() if isinstance(node, ml_collections.ConfigDict) else []))
     node = node[part]
   last = parts[-1]
-  if last not in node:
+  # `config.model.X` may add a field: build_model checks it against the model's
+  # dataclass fields (so a typo still fails, naming the known fields).
+  adds_model_field = parts[:-1] == ["model"]
+  if last not in node and not adds_model_field:
     raise ConfigError(_unknown_key_msg(f"config key 'config.{key}'", last, node.keys()))
   value = _literal(raw)
-  old = node[last]
+  old = node.get(last)
   if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
   with node.ignore_type():

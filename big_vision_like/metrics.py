@@ -81,9 +81,10 @@ class MetricWriter:
   def __init__(self, workdir: str, *, is_main: bool | None = None):
     self.is_main = jax.process_index() == 0 if is_main is None else is_main
     self.workdir = epath.Path(workdir)
-    self._tb = metric_writers.create_default_writer(
-        str(self.workdir / "tensorboard"), just_logging=not self.is_main,
-        asynchronous=False)
+    # TensorBoard only (the train loop prints its own compact log line); other
+    # processes write nothing.
+    self._tb = (metric_writers.SummaryWriter(str(self.workdir / "tensorboard"))
+                if self.is_main else metric_writers.MultiWriter([]))
     self._jsonl = self.workdir / "metrics.jsonl"
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -160,4 +161,6 @@ def setup_logging() -> None:
       level=logging.INFO,
       format=f"%(asctime)s [p{jax.process_index()}] %(levelname)s %(message)s",
       force=True)
+  # orbax and tfds log every step of every save/load at INFO through absl.
+  logging.getLogger("absl").setLevel(logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

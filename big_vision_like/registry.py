@@ -40,10 +40,12 @@ class Registry:
     return decorator
 
   def _load(self) -> None:
+    # Mark loaded only once every module imported: a module that fails to
+    # import must fail every lookup loudly, not leave a half-filled registry.
     if not self._loaded:
-      self._loaded = True
       for module in self._modules:
         importlib.import_module(module)
+      self._loaded = True
 
   def names(self) -> list[str]:
     self._load()

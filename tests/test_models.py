@@ -609,3 +609,36 @@ def test_models_build_from_a_config_dict():
                                                               images)
   assert logits.shape == (2, 10) and "encoded" in aux
   assert isinstance(model, nn.Module)
+
+
+def test_vit_conv_stem_shapes_and_params():
+  # 28 -> 14 -> 7 -> 4 with three stride-2 SAME convs; patch 1 -> 16 tokens.
+  model = vit.ViT(variant="mu/1", conv_stem=(8, 16, 32), num_classes=10,
+                  posemb="sincos2d")
+  images = _images((2, 28, 28, 1))
+  params = _params(model, images)
+  assert params["conv_stem_0"]["kernel"].shape == (3, 3, 1, 8)
+  assert params["conv_stem_2"]["kernel"].shape == (3, 3, 16, 32)
+  assert "bias" not in params["conv_stem_0"]   # the LayerNorm that follows has one
+  assert params["embedding"]["kernel"].shape == (1, 1, 32, 32)
+  logits, aux = _apply(model, params, images)
+  assert logits.shape == (2, 10)
+  assert aux["stem"].shape == (2, 4, 4, 32)
+  assert aux["encoded"].shape == (2, 16, 32)
+
+
+def test_vit_conv_stem_errors():
+  with pytest.raises(ValueError, match=r"model\.conv_stem"):
+    vit.ViT(variant="mu/1", conv_stem=(8, 0))
+  model = vit.ViT(variant="mu/3", conv_stem=(8,))
+  with pytest.raises(ValueError, match=r"conv stem's output shape \(1, 14, 14, 8\)"):
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+
+
+def test_resnet_small_s2_stem_halves_the_resolution():
+  model = resnet.ResNet(depth=26, width=0.5, stem="small_s2", num_classes=10)
+  images = _images((2, 28, 28, 1))
+  shapes = jax.eval_shape(lambda: _apply(model, _params(model, images), images))
+  _, aux = shapes
+  assert aux["stem"].shape == (2, 14, 14, 32)
+  assert aux["stage_4"].shape == (2, 2, 2, 1024)

@@ -35,7 +35,7 @@ BLOCKS_PER_STAGE: dict[int, tuple[int, int, int, int]] = {
     152: (3, 8, 36, 3),
     200: (3, 24, 36, 3),
 }
-STEMS = ("imagenet", "small")
+STEMS = ("imagenet", "small", "small_s2")
 BASE_WIDTH = 64  # stem channels and first-stage bottleneck channels at width=1
 NUM_GROUPS = 32
 
@@ -119,8 +119,9 @@ class ResNet(nn.Module):
     depth: one of BLOCKS_PER_STAGE (26, 50, 101, 152, 200).
     width: channel multiplier (BiT R50x1 -> 1, R50x3 -> 3); 64 * width must
       be a whole multiple of 32 (the GroupNorm group count).
-    stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "small" (3x3/1 conv, no
-      pool; for 28x28 or 32x32 images).
+    stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool), "small" (3x3/1 conv, no
+      pool; for 28x28 or 32x32 images) or "small_s2" (3x3/2 conv, no pool: the
+      same images at a quarter of the compute).
     dtype_mm: compute dtype of the convs and the head; params stay float32.
     head_zeroinit: zero-initialise the classifier kernel.
 
@@ -172,7 +173,8 @@ class ResNet(nn.Module):
       x = StdConv(channels, (7, 7), (2, 2), dtype, name="stem_conv")(images)
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     else:
-      x = StdConv(channels, (3, 3), dtype=dtype, name="stem_conv")(images)
+      strides = (2, 2) if self.stem == "small_s2" else (1, 1)
+      x = StdConv(channels, (3, 3), strides, dtype, name="stem_conv")(images)
     out["stem"] = x
 
     for s, num_blocks in enumerate(BLOCKS_PER_STAGE[self.depth], start=1):
