@@ -35,7 +35,7 @@ _PEAK_FLOPS = {
 }
 
 
-def measure_cpu_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+def measure_cpu_peak_flops(n: int = 2048, repeats: int = 10) -> float:
   """FLOP/s of a large jitted f32 matmul on the default device set (all cores)."""
   x = jnp.ones((n, n), jnp.float32)
   f = jax.jit(lambda a, b: a @ b)

@@ -9,13 +9,14 @@ import ml_collections
 
 from big_vision_like.config import parse_arg
 
-TRAIN_PP = ("decode(1)|random_crop(28, pad=2)|flip_lr|value_range(-1, 1)"
+# Flips only: a 10-minute CPU budget underfits rather than overfits.
+TRAIN_PP = ("decode(1)|flip_lr|value_range(-1, 1)"
             "|onehot(10, key='label', key_result='labels')")
 EVAL_PP = "decode(1)|value_range(-1, 1)|onehot(10, key='label', key_result='labels')"
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, epochs=5, batch=128, depth=26, width=0.5, runlocal=False)
+  arg = parse_arg(arg, epochs=5, batch=256, depth=26, width=0.25, runlocal=False)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.total_epochs = arg.epochs
@@ -23,10 +24,13 @@ def get_config(arg=None):
       data=dict(name="fashion_mnist", split="train", data_dir=None),
       pp=TRAIN_PP, batch_size=arg.batch, shuffle_buffer_size=60_000, cache=True)
 
-  # "small" stem: 3x3 stride-1 conv and no max-pool, so 28x28 inputs are not
-  # reduced to 7x7 before the first block.
+  # "small_s2" stem: one 3x3 stride-2 conv and no max-pool (28x28 -> 14x14,
+  # where the ImageNet stem would leave 7x7). Quarter width (16 stem channels,
+  # so 16 GroupNorm groups instead of BiT's 32): 0.024 GFLOPs/image, ~550
+  # img/s on 2 cores, against 0.093 and ~160 img/s at half width.
   config.model_name = "resnet"
-  config.model = dict(depth=arg.depth, width=arg.width, stem="small", num_classes=10)
+  config.model = dict(depth=arg.depth, width=arg.width, gn_groups=16, stem="small_s2",
+                      num_classes=10)
   config.loss = "softmax_xent"
 
   config.optax_name = "sgd"

@@ -642,3 +642,16 @@ def test_resnet_small_s2_stem_halves_the_resolution():
   _, aux = shapes
   assert aux["stem"].shape == (2, 14, 14, 32)
   assert aux["stage_4"].shape == (2, 2, 2, 1024)
+
+
+def test_resnet_quarter_width_needs_fewer_groups():
+  model = resnet.ResNet(depth=26, width=0.25, gn_groups=16, stem="small_s2",
+                        num_classes=10)
+  images = _images((2, 28, 28, 1))
+  params = _params(model, images)
+  assert params["stem_conv"]["kernel"].shape == (3, 3, 1, 16)
+  assert params["stage_4"]["block_1"]["conv3"]["kernel"].shape == (1, 1, 128, 512)
+  logits, _ = _apply(model, params, images)
+  assert logits.shape == (2, 10)
+  with pytest.raises(ValueError, match=r"model\.gn_groups=32"):
+    resnet.ResNet(depth=26, width=0.25)

@@ -75,21 +75,22 @@ class BottleneckBlock(nn.Module):
   mid_channels: int
   strides: tuple[int, int] = (1, 1)
   dtype: Any = jnp.float32
+  num_groups: int = NUM_GROUPS
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     out_channels = 4 * self.mid_channels
-    pre = nn.relu(nn.GroupNorm(num_groups=NUM_GROUPS, name="gn1")(x))
+    pre = nn.relu(nn.GroupNorm(num_groups=self.num_groups, name="gn1")(x))
     if x.shape[-1] != out_channels or self.strides != (1, 1):
       shortcut = StdConv(out_channels, (1, 1), self.strides, self.dtype,
                          name="conv_proj")(pre)
     else:
       shortcut = x
     y = StdConv(self.mid_channels, (1, 1), dtype=self.dtype, name="conv1")(pre)
-    y = nn.relu(nn.GroupNorm(num_groups=NUM_GROUPS, name="gn2")(y))
+    y = nn.relu(nn.GroupNorm(num_groups=self.num_groups, name="gn2")(y))
     y = StdConv(self.mid_channels, (3, 3), self.strides, self.dtype,
                 name="conv2")(y)
-    y = nn.relu(nn.GroupNorm(num_groups=NUM_GROUPS, name="gn3")(y))
+    y = nn.relu(nn.GroupNorm(num_groups=self.num_groups, name="gn3")(y))
     y = StdConv(out_channels, (1, 1), dtype=self.dtype, name="conv3")(y)
     return y + shortcut
 
@@ -100,13 +101,14 @@ class ResNetStage(nn.Module):
   mid_channels: int
   first_strides: tuple[int, int] = (1, 1)
   dtype: Any = jnp.float32
+  num_groups: int = NUM_GROUPS
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for b in range(1, self.num_blocks + 1):
       strides = self.first_strides if b == 1 else (1, 1)
       x = BottleneckBlock(self.mid_channels, strides, self.dtype,
-                          name=f"block_{b}")(x)
+                          self.num_groups, name=f"block_{b}")(x)
     return x
 
 
@@ -124,6 +126,8 @@ class ResNet(nn.Module):
       same images at a quarter of the compute).
     dtype_mm: compute dtype of the convs and the head; params stay float32.
     head_zeroinit: zero-initialise the classifier kernel.
+    gn_groups: GroupNorm groups (BiT: 32); fewer allow narrower models, e.g.
+      width=0.25 (16 stem channels) with gn_groups=16.
 
   aux holds "stem", "stage_1".."stage_4" (raw residual-stream outputs),
   "pre_logits" (after the final GroupNorm+ReLU and global average pool) and,
@@ -135,6 +139,7 @@ class ResNet(nn.Module):
   stem: str = "imagenet"
   dtype_mm: str = "float32"
   head_zeroinit: bool = True
+  gn_groups: int = NUM_GROUPS
 
   def __post_init__(self):
     # Validate at construction so a bad config fails before any tracing.
@@ -153,11 +158,11 @@ class ResNet(nn.Module):
   def _stem_channels(self) -> int:
     channels = BASE_WIDTH * self.width
     if (not isinstance(self.width, (int, float)) or self.width <= 0
-        or channels != int(channels) or int(channels) % NUM_GROUPS):
+        or channels != int(channels) or int(channels) % self.gn_groups):
       raise ValueError(f"model.width={self.width!r} gives {channels} stem "
-                       f"channels; it must be a positive multiple of 0.5 so "
-                       f"that channels divide into {NUM_GROUPS} GroupNorm "
-                       f"groups.")
+                       f"channels, which do not divide into "
+                       f"model.gn_groups={self.gn_groups} GroupNorm groups "
+                       f"(with 32 groups: a positive multiple of 0.5).")
     return int(channels)
 
   @nn.compact
@@ -181,13 +186,13 @@ class ResNet(nn.Module):
       # Each stage doubles the bottleneck width; all but the first halve the
       # resolution.
       x = ResNetStage(num_blocks, channels * 2 ** (s - 1),
-                      (1, 1) if s == 1 else (2, 2), dtype,
+                      (1, 1) if s == 1 else (2, 2), dtype, self.gn_groups,
                       name=f"stage_{s}")(x)
       out[f"stage_{s}"] = x
 
     # Pre-activation design: the residual stream is normalised once more
     # before pooling.
-    x = nn.relu(nn.GroupNorm(num_groups=NUM_GROUPS, name="norm_pre_head")(x))
+    x = nn.relu(nn.GroupNorm(num_groups=self.gn_groups, name="norm_pre_head")(x))
     x = jnp.mean(x, axis=(1, 2))
     out["pre_logits"] = x
 
