@@ -41,8 +41,13 @@ def test_load_config_with_arg_and_overrides():
 
 
 def test_override_unknown_key_fails_with_known_keys():
-  with pytest.raises(config_lib.ConfigError, match=r"config\.model\.dpeth.*'depth'"):
-    config_lib.load_config(MAIN, ["model.dpeth=2"])
+  # config.model.X may add a model field; a typo still fails, at model build.
+  config = config_lib.load_config(MAIN, ["model.dpeth=2", "model.drop_path=0.1"])
+  assert config.model.drop_path == 0.1
+  with pytest.raises(config_lib.ConfigError, match=r"config\.model\.dpeth.*depth"):
+    train_lib.build_model(config)
+  with pytest.raises(config_lib.ConfigError, match=r"config\.optax\.b3.*Known keys: b2"):
+    config_lib.load_config(MAIN, ["optax.b3=0.9"])
   with pytest.raises(config_lib.ConfigError, match=r"config\.inptu"):
     config_lib.load_config(MAIN, ["inptu.batch_size=2"])
   with pytest.raises(config_lib.ConfigError, match="key.path=value"):
