@@ -86,11 +86,44 @@ def test_train_writes_everything_and_eval_cli_agrees(fashion_mnist_data_dir, tmp
   assert ckpt.latest_step() == 20
   ckpt.close()
 
-  # Evaluating the checkpoint without training gives the same numbers.
+  # Evaluating the checkpoint without training gives the same numbers, both
+  # in-process and through the command line.
   results = eval_lib.evaluate(config, workdir)
   assert results["step"] == 20
   assert results["test/prec@1"] == pytest.approx(out["test/prec@1"], abs=1e-7)
   assert results["test/loss"] == pytest.approx(out["test/loss"], rel=1e-5)
+  proc = subprocess.run(
+      [sys.executable, "-m", "big_vision_like.eval", "--config",
+       "configs/fashion_vit.py:runlocal", "--workdir", workdir]
+      + ["--config." + o for o in tiny_overrides(fashion_mnist_data_dir)],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  cli = json.loads(proc.stdout[proc.stdout.index("{"):])
+  assert cli["step"] == 20
+  assert cli["test/prec@1"] == pytest.approx(out["test/prec@1"], abs=1e-7)
+
+
+def test_eval_without_checkpoint_fails_clearly(fashion_mnist_data_dir, tmp_path):
+  with pytest.raises(FileNotFoundError, match="No checkpoint in .*train first"):
+    eval_lib.evaluate(tiny_config(fashion_mnist_data_dir), str(tmp_path / "empty"))
+
+
+def test_model_init_loads_all_but_the_skipped_head(fashion_mnist_data_dir, tmp_path):
+  source = str(tmp_path / "source")
+  train_lib.train(tiny_config(fashion_mnist_data_dir, total_steps=10), source)
+  trained = _params_of(source, tiny_config(fashion_mnist_data_dir, total_steps=10), 10)
+  # lr 0: after one step the params are exactly what initialisation produced.
+  config = tiny_config(fashion_mnist_data_dir, total_steps=1, lr=0.0, wd=0.0,
+                       model_init=source, model_init_skip=["head/.*"])
+  config.schedule = dict(warmup_steps=0, decay_type="constant")
+  out = train_lib.train(config, str(tmp_path / "target"))
+  got = jax.tree.map(np.asarray, out["state"]["params"])
+  for name in got:
+    if name == "head":
+      np.testing.assert_array_equal(got["head"]["kernel"], 0)  # fresh zero-init head
+      assert np.abs(trained["head"]["kernel"]).sum() > 0
+    else:
+      jax.tree.map(np.testing.assert_array_equal, got[name], trained[name])
 
 
 def _params_of(workdir, config, step):
