@@ -41,11 +41,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   data_axes = sharding_lib.data_axes(mesh, config.get("data_axes"))
   batch_size = config.input.batch_size
   model = train_lib.build_model(config)
-  # The model's input shape comes from one preprocessed training example.
-  probe = next(input_pipeline.make_train_iterator(
+  # The model's input shape is the training pp's output shape (read from the
+  # pipeline's element spec; no example is preprocessed for it).
+  spec = input_pipeline.make_train_iterator(
       dict(config.input.data), config.input.pp, jax.process_count(), seed=0,
-      shuffle_buffer_size=1))
-  params, _ = train_lib.init_params(model, probe["image"].shape[1:], jax.random.key(0),
+      shuffle_buffer_size=1).element_spec["image"]
+  image_shape = tuple(spec.shape[1:])
+  if None in image_shape:
+    raise ValueError(f"config.input.pp gives images of unknown shape {image_shape}; "
+                     "end it with a fixed-size op such as resize or central_crop")
+  params, _ = train_lib.init_params(model, image_shape, jax.random.key(0),
                                     mesh, config.get("sharding_strategy",
                                                      [(".*", "replicate")]))
   params = ckpt_lib.load_params(str(ckpt_dir / str(step)), params)
