@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # Compute dtypes a config may ask for in `dtype_mm`. Params always stay float32.
@@ -66,3 +67,20 @@ def classifier_head(num_classes: int, zeroinit: bool, dtype: Any) -> nn.Dense:
                  else nn.initializers.lecun_normal())
   return nn.Dense(num_classes, dtype=dtype, kernel_init=kernel_init,
                   name="head")
+
+
+def head_output(pre_logits: jax.Array, aux: dict[str, jax.Array],
+                num_classes: int | None, zeroinit: bool, dtype: Any
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Every model's `(logits, aux)` tail: the "head" layer, or no head at all.
+
+  Call from inside a compact `__call__`, so that "head" becomes a child of the
+  calling model. Without a head the pre-logits are returned as the output.
+  """
+  aux["pre_logits"] = pre_logits
+  num_classes = num_classes_or_none(num_classes)
+  if num_classes is None:
+    return pre_logits, aux
+  logits = classifier_head(num_classes, zeroinit, dtype)(pre_logits)
+  aux["logits"] = logits
+  return logits, aux

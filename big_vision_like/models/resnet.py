@@ -194,11 +194,4 @@ class ResNet(nn.Module):
     # before pooling.
     x = nn.relu(nn.GroupNorm(num_groups=self.gn_groups, name="norm_pre_head")(x))
     x = jnp.mean(x, axis=(1, 2))
-    out["pre_logits"] = x
-
-    num_classes = common.num_classes_or_none(self.num_classes)
-    if num_classes is None:
-      return x, out
-    logits = common.classifier_head(num_classes, self.head_zeroinit, dtype)(x)
-    out["logits"] = logits
-    return logits, out
+    return common.head_output(x, out, self.num_classes, self.head_zeroinit, dtype)

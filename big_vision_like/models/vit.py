@@ -376,11 +376,4 @@ class ViT(nn.Module):
     if self.rep_size:
       rep = width if self.rep_size is True else int(self.rep_size)
       x = nn.tanh(nn.Dense(rep, dtype=dtype, name="pre_logits")(x))
-    out["pre_logits"] = x
-
-    num_classes = common.num_classes_or_none(self.num_classes)
-    if num_classes is None:
-      return x, out
-    logits = common.classifier_head(num_classes, self.head_zeroinit, dtype)(x)
-    out["logits"] = logits
-    return logits, out
+    return common.head_output(x, out, self.num_classes, self.head_zeroinit, dtype)
