@@ -10,7 +10,6 @@ to TensorBoard and metrics.jsonl at the checkpoint's step.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from typing import Any
 

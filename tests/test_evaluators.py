@@ -5,12 +5,12 @@ from `tfds.load` directly, so expected prec@1/prec@5/loss are independent of
 our input pipeline, batching, padding and sharding.
 """
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -83,7 +83,6 @@ def test_counts_on_eight_devices_with_odd_batch(fashion_mnist_data_dir):
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  import json
   got = json.loads(proc.stdout.split("RESULT", 1)[1])
   want = expected_metrics(fashion_mnist_data_dir, "test[:1001]")
   assert got["num_examples"] == 1001
