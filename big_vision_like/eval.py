@@ -64,8 +64,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-  metrics_lib.setup_logging()
   config, workdir = train_lib.parse_cli(sys.argv[1:] if argv is None else argv)
+  metrics_lib.setup_logging()
   results = evaluate(config, workdir)
   print(json.dumps(results, indent=2, sort_keys=True))
   return 0

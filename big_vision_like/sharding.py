@@ -162,3 +162,20 @@ def put_process_local_batch(batch: dict[str, np.ndarray],
   """Assembles the global batch from each process's local share."""
   return {k: jax.make_array_from_process_local_data(sharding, v)
           for k, v in batch.items()}
+
+
+def to_host(tree: Any) -> Any:
+  """Fetches metric-like arrays to numpy on every process.
+
+  With several processes a replicated global array is not fully addressable,
+  so `jax.device_get` refuses it; every process holds a full copy, though, so
+  its local shard is the value.
+  """
+  def fetch(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(x)
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    raise ValueError(f"to_host: array of shape {x.shape} is sharded across processes "
+                     f"({x.sharding}); only replicated values can be fetched")
+  return jax.tree.map(fetch, tree)

@@ -302,7 +302,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       is_ckpt = step % ckpt_every == 0 or step == total_steps or stop
       if is_log or is_ckpt:
         # Check before anything is written: a NaN step must never become a checkpoint.
-        m = jax.device_get(m)
+        m = sharding_lib.to_host(m)
         if not np.isfinite(m["train/loss"]):
           ckpt.wait()
           raise NonFiniteLossError(
@@ -333,22 +333,42 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def parse_cli(argv: list[str]) -> tuple[ml_collections.ConfigDict, str]:
-  """`--config path[:arg]`, `--workdir DIR` and any `--config.a.b=value` overrides."""
+  """`--config path[:arg]`, `--workdir DIR` and any `--config.a.b=value` overrides.
+
+  Multi-process runs: `--distributed` lets `jax.distributed.initialize` find
+  its settings (Cloud TPU VMs, SLURM); `--coordinator_address HOST:PORT
+  --num_processes N --process_id I` set them explicitly (e.g. localhost).
+  """
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--config", required=True, help="path/to/config.py[:arg]")
   parser.add_argument("--workdir", required=True)
+  parser.add_argument("--distributed", action="store_true",
+                      help="call jax.distributed.initialize() with auto-detection")
+  parser.add_argument("--coordinator_address", default=None)
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
   args, rest = parser.parse_known_args(argv)
   overrides = []
   for item in rest:
     if not item.startswith("--config."):
       parser.error(f"unrecognized argument {item!r}")
     overrides.append(item[len("--config."):])
+  explicit = (args.coordinator_address, args.num_processes, args.process_id)
+  if any(v is not None for v in explicit):
+    if any(v is None for v in explicit):
+      parser.error("--coordinator_address, --num_processes and --process_id go together")
+    jax.distributed.initialize(args.coordinator_address, args.num_processes,
+                               args.process_id)
+  elif args.distributed:
+    jax.distributed.initialize()
   return config_lib.load_config(args.config, overrides), args.workdir
 
 
 def main(argv: list[str] | None = None) -> int:
-  metrics_lib.setup_logging()
+  # Parse first: a multi-process run must initialise jax.distributed before
+  # anything (logging included) asks JAX about its devices.
   config, workdir = parse_cli(sys.argv[1:] if argv is None else argv)
+  metrics_lib.setup_logging()
   out = train(config, workdir)
   out.pop("state")
   logging.info("Done: %s", {k: v for k, v in out.items()})

@@ -89,7 +89,7 @@ class Evaluator:
     if seen != self.num_batches:
       raise RuntimeError(f"evaluator {self.name!r}: expected {self.num_batches} batches, "
                          f"got {seen}")
-    sums = jax.tree.map(lambda x: float(np.asarray(x)), jax.device_get(sums))
+    sums = jax.tree.map(float, sharding_lib.to_host(sums))
     count = sums.pop("count")
     if count == 0:
       raise ValueError(f"evaluator {self.name!r}: the split has no examples")
