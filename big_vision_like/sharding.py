@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from big_vision_like import params as params_lib
@@ -165,17 +166,16 @@ def put_process_local_batch(batch: dict[str, np.ndarray],
 
 
 def to_host(tree: Any) -> Any:
-  """Fetches metric-like arrays to numpy on every process.
+  """Fetches arrays to numpy on every process (metrics, eval sums, params).
 
-  With several processes a replicated global array is not fully addressable,
-  so `jax.device_get` refuses it; every process holds a full copy, though, so
-  its local shard is the value.
+  With several processes a global array is not fully addressable, so
+  `jax.device_get` refuses it. A replicated one is complete on every process
+  (its local shard is the value); a sharded one is gathered from all.
   """
   def fetch(x):
     if not isinstance(x, jax.Array) or x.is_fully_addressable:
       return np.asarray(x)
     if x.is_fully_replicated:
       return np.asarray(x.addressable_data(0))
-    raise ValueError(f"to_host: array of shape {x.shape} is sharded across processes "
-                     f"({x.sharding}); only replicated values can be fetched")
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return jax.tree.map(fetch, tree)

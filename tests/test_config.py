@@ -127,3 +127,12 @@ def test_vit_i1k_recipes():
   assert local.total_steps == 10 and local.input.batch_size == 8
   with pytest.raises(ValueError, match="variant"):
     config_lib.load_config("configs/vit_i1k.py:variant=Q/16")
+
+
+def test_cli_distributed_flags_go_together(capsys):
+  with pytest.raises(SystemExit):
+    train_lib.parse_cli(["--config", MAIN, "--workdir", "/tmp/x", "--num_processes", "2"])
+  assert "go together" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    train_lib.parse_cli(["--config", MAIN, "--workdir", "/tmp/x", "--lr=3"])
+  assert "unrecognized argument '--lr=3'" in capsys.readouterr().err

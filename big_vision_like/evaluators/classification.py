@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from big_vision_like import registry
 from big_vision_like import sharding as sharding_lib
