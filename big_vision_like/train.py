@@ -75,6 +75,36 @@ def init_params(model, image_shape, rng, mesh, strategy):
   return jax.jit(init, out_shardings=shardings)(rng), shardings
 
 
+def init_state(params, tx, mesh, strategy):
+  """{"params", "opt"} with the optimizer state created already sharded.
+
+  Returns (state, abstract_state, state_shardings); optimizer moments follow
+  their parameter's sharding rule.
+  """
+  abstract = jax.eval_shape(lambda p: {"params": p, "opt": tx.init(p)}, params)
+  shardings = sharding_lib.state_shardings(abstract, mesh, strategy)
+  opt = jax.jit(tx.init, out_shardings=shardings["opt"])(params)
+  return {"params": params, "opt": opt}, abstract, shardings
+
+
+def jit_train_step(config, model, tx, schedule, mesh, state_shardings, batch_shardings):
+  """The sharded, state-donating jitted train step (shared with the benchmark)."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  step_fn = make_train_step(model, registry.LOSSES.get(config.loss), tx, schedule,
+                            config.get("grad_accum_steps", 1) or 1)
+  return jax.jit(step_fn,
+                 in_shardings=(state_shardings, batch_shardings, replicated, replicated),
+                 out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+
+def forward_flops_per_image(model, params, image_shape) -> float | None:
+  """Forward FLOPs of one image (XLA cost analysis), for MFU and GFLOPs/image."""
+  return metrics_lib.forward_flops(
+      lambda p, x: make_predict_fn(model)(p, {"image": x}),
+      jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params),
+      jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+
+
 def make_evaluators(config, predict_fn, mesh, data_axes, *, batch_size,
                     total_steps, num_train_examples):
   """[(name, evaluator, every_n_steps)] from `config.evals`."""
@@ -230,14 +260,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   rng = jax.random.key(config.get("seed", 0))
   init_rng, dropout_rng = jax.random.split(rng)
   strategy = config.get("sharding_strategy", [(".*", "replicate")])
-  params, param_shardings = init_params(model, first_batch["image"].shape[1:], init_rng,
-                                        mesh, strategy)
+  params, _ = init_params(model, first_batch["image"].shape[1:], init_rng, mesh, strategy)
   tx, schedule = optim.make_optimizer(config, params, total_steps=total_steps,
                                       batch_size=batch_size, num_examples=num_examples)
-  abstract_state = jax.eval_shape(lambda p: {"params": p, "opt": tx.init(p)}, params)
-  state_shardings = sharding_lib.state_shardings(abstract_state, mesh, strategy)
-  opt = jax.jit(tx.init, out_shardings=state_shardings["opt"])(params)
-  state = {"params": params, "opt": opt}
+  state, abstract_state, state_shardings = init_state(params, tx, mesh, strategy)
 
   if start_step:
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -251,23 +277,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logging.info("Initialised params from %s (skipping %s)", config.model_init,
                  list(config.get("model_init_skip", ())))
 
-  loss_fn = registry.LOSSES.get(config.loss)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  batch_shardings = {k: batch_sharding for k in first_batch}
-  train_step = jax.jit(
-      make_train_step(model, loss_fn, tx, schedule, accum),
-      in_shardings=(state_shardings, batch_shardings, replicated, replicated),
-      out_shardings=(state_shardings, replicated), donate_argnums=0)
+  train_step = jit_train_step(config, model, tx, schedule, mesh, state_shardings,
+                              {k: batch_sharding for k in first_batch})
 
   predict_fn = make_predict_fn(model)
   evaluators = make_evaluators(config, predict_fn, mesh, data_axes, batch_size=batch_size,
                                total_steps=total_steps, num_train_examples=num_examples)
   writer = metrics_lib.MetricWriter(str(workdir_path), is_main=is_main)
   peak, peak_source = metrics_lib.peak_flops_per_device(config.get("peak_flops"))
-  fwd = metrics_lib.forward_flops(
-      lambda p, x: predict_fn(p, {"image": x}),
-      jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params),
-      jax.ShapeDtypeStruct((1, *first_batch["image"].shape[1:]), jnp.float32))
+  fwd = forward_flops_per_image(model, params, first_batch["image"].shape[1:])
   flops_per_step = 3 * fwd * batch_size if fwd else None
   logging.info("Devices: %d (%s), mesh %s, %d processes. Model: %s GFLOPs/image forward. "
                "Peak %.3g FLOP/s per device (%s). %d params.", jax.device_count(),

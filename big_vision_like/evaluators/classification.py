@@ -54,7 +54,7 @@ class Evaluator:
     loss_fn = registry.LOSSES.get(loss_name)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-    def step(params, batch, sums):
+    def batch_sums(params, batch):
       logits = predict_fn(params, batch)
       labels = batch[label_key]
       if labels.ndim == 1 and loss_name == "softmax_xent":
@@ -67,12 +67,15 @@ class Evaluator:
              "prec@1": (correct_at_k(logits, labels, 1) * mask).sum()}
       if logits.shape[-1] >= 5:
         new["prec@5"] = (correct_at_k(logits, labels, 5) * mask).sum()
-      if sums is None:
-        return new
-      return jax.tree.map(jnp.add, sums, new)
+      return new
 
-    self._first = jax.jit(lambda p, b: step(p, b, None), out_shardings=replicated)
-    self._step = jax.jit(step, out_shardings=replicated, donate_argnums=2)
+    # One compiled step for every batch; the running sums start from zeros
+    # shaped by tracing (not compiling) the same function.
+    self._batch_sums = batch_sums
+    self._replicated = replicated
+    self._step = jax.jit(
+        lambda p, b, sums: jax.tree.map(jnp.add, sums, batch_sums(p, b)),
+        out_shardings=replicated, donate_argnums=2)
 
   def run(self, params: Any) -> dict[str, float]:
     """Evaluates `params` on the whole split; returns `{metric: value}`."""
@@ -83,7 +86,11 @@ class Evaluator:
         raise KeyError(f"evaluator {self.name!r}: pp output has no {self.label_key!r} "
                        f"(keys: {sorted(batch)}); set label_key or fix the pp string")
       batch = sharding_lib.put_process_local_batch(batch, self.sharding)
-      sums = self._first(params, batch) if sums is None else self._step(params, batch, sums)
+      if sums is None:
+        shapes = jax.eval_shape(self._batch_sums, params, batch)
+        sums = jax.tree.map(
+            lambda x: jax.device_put(jnp.zeros(x.shape, x.dtype), self._replicated), shapes)
+      sums = self._step(params, batch, sums)
       seen += 1
     if seen != self.num_batches:
       raise RuntimeError(f"evaluator {self.name!r}: expected {self.num_batches} batches, "

@@ -22,7 +22,6 @@ import numpy as np
 
 from big_vision_like import metrics as metrics_lib
 from big_vision_like import optim
-from big_vision_like import registry
 from big_vision_like import sharding as sharding_lib
 from big_vision_like import train as train_lib
 
@@ -42,10 +41,7 @@ def benchmark(config, *, batch: int, image_size: int, channels: int, steps: int,
   config.schedule = dict(warmup_steps=1, decay_type="cosine")
   tx, schedule = optim.make_optimizer(config, params, total_steps=max(total, 10),
                                       batch_size=batch, num_examples=None)
-  abstract = jax.eval_shape(lambda p: {"params": p, "opt": tx.init(p)}, params)
-  shardings = sharding_lib.state_shardings(abstract, mesh, strategy)
-  state = {"params": params,
-           "opt": jax.jit(tx.init, out_shardings=shardings["opt"])(params)}
+  state, _, shardings = train_lib.init_state(params, tx, mesh, strategy)
   num_classes = config.model.get("num_classes") or 1000
   rng = np.random.default_rng(0)
   host_batch = {
@@ -53,12 +49,8 @@ def benchmark(config, *, batch: int, image_size: int, channels: int, steps: int,
       "labels": np.eye(num_classes, dtype=np.float32)[rng.integers(0, num_classes, batch)],
   }
   gbatch = sharding_lib.put_process_local_batch(host_batch, bsharding)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  step_fn = jax.jit(
-      train_lib.make_train_step(model, registry.LOSSES.get(config.loss), tx, schedule,
-                                config.get("grad_accum_steps", 1) or 1),
-      in_shardings=(shardings, {k: bsharding for k in host_batch}, replicated, replicated),
-      out_shardings=(shardings, replicated), donate_argnums=0)
+  step_fn = train_lib.jit_train_step(config, model, tx, schedule, mesh, shardings,
+                                     {k: bsharding for k in host_batch})
   key = jax.random.key(1)
   t0 = time.perf_counter()
   for i in range(warmup):
@@ -72,10 +64,7 @@ def benchmark(config, *, batch: int, image_size: int, channels: int, steps: int,
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
   step_time = float(np.median(times))
-  fwd = metrics_lib.forward_flops(
-      lambda p, x: model.apply({"params": p}, x, train=False)[0],
-      jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params),
-      jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+  fwd = train_lib.forward_flops_per_image(model, params, image_shape)
   peak, source = metrics_lib.peak_flops_per_device(config.get("peak_flops"))
   n = jax.device_count()
   out = {
