@@ -132,11 +132,11 @@ KNOWN_KEYS = {
     "log_training_percent",
     "ckpt_steps", "ckpt_epochs", "ckpt_examples", "ckpt_percent",
     "keep_ckpt_last", "keep_ckpt_steps", "ckpt_async",
-    "evals", "num_classes", "peak_flops", "init_head_bias",
+    "evals", "num_classes", "peak_flops", "init_head_bias", "mixup",
 }
-KNOWN_INPUT_KEYS = {"data", "pp", "batch_size", "shuffle_buffer_size", "cache",
+KNOWN_INPUT_KEYS = {"data", "pp", "batch_size", "shuffle_buffer_size", "cache", "skip_corrupt",
                     "prefetch"}
-KNOWN_EVAL_KEYS = {"type", "data", "pp", "batch_size", "cache", "loss_name",
+KNOWN_EVAL_KEYS = {"type", "data", "pp", "batch_size", "cache", "skip_corrupt", "loss_name",
                    "label_key", "log_steps", "log_epochs", "log_examples",
                    "log_percent", "prefix"}
 
@@ -150,6 +150,8 @@ def _check_keys(section: Any, known: set[str], where: str) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Fails early, naming the culprit, on anything the run would trip over later."""
   from big_vision_like.pp import builder as pp_builder  # pylint: disable=g-import-not-at-top
+  from big_vision_like import mixup as mixup_lib  # pylint: disable=g-import-not-at-top
+  from big_vision_like.data import input_pipeline  # pylint: disable=g-import-not-at-top
 
   _check_keys(config, KNOWN_KEYS, "config")
   for required in ("input", "model_name", "loss"):
@@ -160,9 +162,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if required not in config.input:
       raise ConfigError(f"config.input.{required} is required")
 
+  try:
+    input_pipeline.data_sources(config.input.data)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from None
   registry.MODELS.get(config.model_name)
   registry.LOSSES.get(config.loss)
   pp_builder.get_preprocess_fn(config.input.pp)
+  mixup_lib.from_config(config.get("mixup"))
   for name, ev in config.get("evals", {}).items():
     _check_keys(ev, KNOWN_EVAL_KEYS, f"config.evals.{name}")
     if "type" not in ev:

@@ -77,5 +77,6 @@ MODELS = Registry("model", ["big_vision_like.models.vit",
                             "big_vision_like.models.resnet"])
 LOSSES = Registry("loss", ["big_vision_like.losses"])
 PP_OPS = Registry("pp op", ["big_vision_like.pp.ops_general",
-                            "big_vision_like.pp.ops_image"])
+                            "big_vision_like.pp.ops_image",
+                            "big_vision_like.pp.randaug"])
 EVALUATORS = Registry("evaluator", ["big_vision_like.evaluators.classification"])

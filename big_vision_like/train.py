@@ -31,6 +31,7 @@ from big_vision_like import checkpoint as ckpt_lib
 from big_vision_like import config as config_lib
 from big_vision_like import durations
 from big_vision_like import metrics as metrics_lib
+from big_vision_like import mixup as mixup_lib
 from big_vision_like import optim
 from big_vision_like import registry
 from big_vision_like import sharding as sharding_lib
@@ -91,7 +92,8 @@ def jit_train_step(config, model, tx, schedule, mesh, state_shardings, batch_sha
   """The sharded, state-donating jitted train step (shared with the benchmark)."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   step_fn = make_train_step(model, registry.LOSSES.get(config.loss), tx, schedule,
-                            config.get("grad_accum_steps", 1) or 1)
+                            config.get("grad_accum_steps", 1) or 1,
+                            mixup=mixup_lib.from_config(config.get("mixup")))
   return jax.jit(step_fn,
                  in_shardings=(state_shardings, batch_shardings, replicated, replicated),
                  out_shardings=(state_shardings, replicated), donate_argnums=0)
@@ -165,8 +167,13 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def make_train_step(model, loss_fn, tx, schedule, accum_steps: int):
-  """(state, batch, step) -> (state, metrics); state = {"params", "opt"}."""
+def make_train_step(model, loss_fn, tx, schedule, accum_steps: int, *,
+                    mixup: mixup_lib.MixupConfig | None = None):
+  """(state, batch, step, base_rng) -> (state, metrics); state = {"params", "opt"}.
+
+  With `mixup`, the global batch is mixed (Mixup/CutMix) with a key that depends
+  only on (base_rng, step), before any split into micro-batches.
+  """
 
   def loss_and_grads(params, images, labels, rng):
     def loss_of(params):
@@ -178,6 +185,9 @@ def make_train_step(model, loss_fn, tx, schedule, accum_steps: int):
   def step_fn(state, batch, step, base_rng):
     rng = jax.random.fold_in(base_rng, step)
     images, labels = batch["image"], batch["labels"]
+    if mixup is not None:
+      images, labels, _, _ = mixup_lib.mix(mixup_lib.step_key(base_rng, step),
+                                           images, labels, mixup)
     if accum_steps == 1:
       loss, grads = loss_and_grads(state["params"], images, labels, rng)
     else:
@@ -229,7 +239,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         f"config.input.batch_size={batch_size} must be divisible by grad_accum_steps="
         f"{accum} x {dp} data-parallel devices")
 
-  data_cfg = dict(config.input.data)
+  data_cfg = input_pipeline.data_sources(config.input.data)
   num_examples = input_pipeline.train_examples(data_cfg)
   total_steps = durations.to_steps(config, "total", batch_size=batch_size,
                                    num_examples=num_examples, where="config")
@@ -249,8 +259,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       data_cfg, config.input.pp, batch_size, seed=config.get("seed", 0),
       start_step=start_step,
       shuffle_buffer_size=config.input.get("shuffle_buffer_size", 50_000),
-      cache=config.input.get("cache", False), prefetch=config.input.get("prefetch", 2))
-  first_batch = next(train_iter)
+      cache=config.input.get("cache", False), prefetch=config.input.get("prefetch", 2),
+      skip_corrupt=config.input.get("skip_corrupt", False))
+  # Strings (e.g. a kept file_name) cannot go to the devices.
+  first_batch, _ = input_pipeline.split_host_keys(next(train_iter))
   for key in ("image", "labels"):
     if key not in first_batch:
       raise config_lib.ConfigError(
@@ -310,7 +322,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   with _Preemption() as preemption:
     while step < total_steps:
       if batch is None:
-        batch = next(train_iter)
+        batch, _ = input_pipeline.split_host_keys(next(train_iter))
       gbatch = sharding_lib.put_process_local_batch(batch, batch_sharding)
       batch = None
       state, m = train_step(state, gbatch, jnp.int32(step), dropout_rng)
@@ -329,6 +341,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
               "Lower config.lr, add config.grad_clip_norm or check the data.")
       if is_log:
         scalars = {**m, **progress.measure(step)}
+        if train_iter.skip_corrupt:
+          scalars["input/skipped_records"] = train_iter.skipped
         writer.write_scalars(step, scalars)
         logging.info(metrics_lib.log_line(step, total_steps, scalars))
       if is_ckpt:

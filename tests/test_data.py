@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from big_vision_like.data import fashion_mnist, input_pipeline, tfds_source
+from big_vision_like.data import fashion_mnist, input_pipeline, splits, tfds_source
 from big_vision_like.pp.builder import PPError
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -309,10 +309,9 @@ def test_process_shares_are_disjoint(tiny_data_dir):
                              (2, True, [25, 25])]:
     seen = []
     for index in range(count):
-      share = input_pipeline.process_split("train", process_index=index,
-                                           process_count=count,
-                                           drop_remainder=drop)
-      ds = builder.as_dataset(split=share, batch_size=-1)
+      share = splits.process_share(builder, "train", process_index=index,
+                                   process_count=count, drop_remainder=drop)
+      ds = builder.as_dataset(split=share.spec, batch_size=-1)
       seen.append(set(ds["image"].numpy()[:, 0, 0, 0].tolist()))
       assert len(seen[-1]) == sizes[index]
     assert sum(len(s) for s in seen) == len(set().union(*seen))

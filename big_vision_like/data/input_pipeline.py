@@ -1,16 +1,29 @@
 """tf.data pipelines that feed process-local numpy batches to the JAX loop.
 
 Training: an infinite stream of batches whose order AND augmentation are pure
-functions of (seed, position in the stream). Epoch `e` is the process's share
-of the split shuffled with a seed derived from (seed, e); each example gets a
+functions of (seed, position in the stream). Each process reads its own
+contiguous share of the split (`splits.process_share`). Epoch `e` is that
+share shuffled with a seed derived from (seed, e); each example gets a
 stateless `_seed` derived from (seed, process, stream position) that the
 random pp ops consume. Resuming at `start_step` therefore skips whole epochs
-arithmetically and the rest of the current epoch before any preprocessing,
-and yields exactly what an uninterrupted run would have yielded from there.
+arithmetically and the rest of the current epoch before any decoding, and
+yields exactly what an uninterrupted run would have yielded from there.
+
+A weighted mixture of several sources (`data=[{..., "weight": w}, ...]`)
+runs one such stream per source (each with its own pp prefix, seeds and
+shuffle) and picks the source of every position with `mixture.Choices`, a
+pure function of the position, so resuming stays exact and cheap.
 
 Evaluation: every example of the split exactly once across processes, in a
 fixed order, padded to the same number of batches on every process with a
-boolean `_mask` (True = real example).
+boolean `_mask` (True = real example). The dataset's `file_name` (if it has
+one) is carried through to the batches even if the pp string drops it.
+
+Bad records: image features are decoded inside our per-example map (not by
+TFDS), after their stream position is known. A record that fails (corrupt
+or truncated image, or a pp op that rejects it) stops the run with
+`BadExampleError`, which names the record (file name, split slice) and the
+op's error; with `skip_corrupt=True` such records are dropped and counted.
 
 tf.data runs on the CPU only; TensorFlow must not grab the accelerators that
 JAX uses.
@@ -18,14 +31,18 @@ JAX uses.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from big_vision_like.data import mixture as mixture_lib
+from big_vision_like.data import splits as splits_lib
 from big_vision_like.data import tfds_source
 from big_vision_like.pp import builder as pp_builder
 
@@ -35,19 +52,17 @@ except RuntimeError:  # TF devices were already initialised elsewhere.
   pass
 
 MASK_KEY = "_mask"
-# Ops that need the encoded bytes (for `decode`, TFDS's own decoding is as
-# good and keeps static shapes, and `decode` accepts decoded images).
+FILE_NAME_KEY = "file_name"
+SKIPPED_KEY = "_skipped"  # Cumulative dropped records (skip_corrupt=True).
+# Ops that need the encoded bytes instead of a decoded image.
 _NEEDS_BYTES_OPS = ("decode_jpeg_and_inception_crop",)
 _SHUFFLE_SALT = 0x5EED  # Keeps the shuffle seeds apart from the pp seeds.
+_SOURCE_KEYS = {"name", "split", "data_dir", "weight", "pp"}
+_MAX_REPORTED = 5  # Bad records named in one error message.
 
 
-def _data_fields(data: dict) -> tuple[str, str, str | None]:
-  for field in ("name", "split"):
-    if not data.get(field):
-      raise ValueError(f"Data config needs {field!r} (got keys "
-                       f"{sorted(data)}): e.g. {{'name': 'fashion_mnist', "
-                       f"'split': 'train', 'data_dir': None}}.")
-  return data["name"], data["split"], data.get("data_dir")
+class BadExampleError(RuntimeError):
+  """A record could not be read or preprocessed (names the record)."""
 
 
 def _processes(process_index: int | None, process_count: int | None
@@ -69,154 +84,463 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def process_split(split: str, *, process_index: int, process_count: int,
-                  drop_remainder: bool) -> Any:
-  """This process's disjoint share of `split` (a TFDS split argument).
+def data_sources(data: Any) -> list[dict[str, Any]]:
+  """Normalises `data` (one source dict, or a list of weighted ones).
 
-  With `drop_remainder=False`, shares differ by at most one example (the
-  first ones are larger); with True all shares are equal and up to
-  `process_count - 1` examples are left out.
+  A source is `{"name", "split", "data_dir"?, "weight"?, "pp"?}`; `pp` is
+  run before the common pp string (mixtures whose sources have different
+  features rename/convert them there).
   """
-  return tfds.even_splits(split, n=process_count,
-                          drop_remainder=drop_remainder)[process_index]
+  many = isinstance(data, (list, tuple))
+  items = list(data) if many else [data]
+  if not items:
+    raise ValueError("input.data is an empty list of sources.")
+  out = []
+  for i, item in enumerate(items):
+    where = f"input.data[{i}]" if many else "input.data"
+    if not hasattr(item, "keys"):
+      raise ValueError(f"{where} must be a dict like {{'name': "
+                       f"'imagenet2012', 'split': 'train'}}, got {item!r}.")
+    item = dict(item)
+    unknown = sorted(set(item) - _SOURCE_KEYS)
+    if unknown:
+      raise ValueError(f"{where}: unknown key(s) {unknown}; known: "
+                       f"{sorted(_SOURCE_KEYS)}.")
+    for field in ("name", "split"):
+      if not item.get(field):
+        raise ValueError(f"{where} needs {field!r} (got keys {sorted(item)})"
+                         f": e.g. {{'name': 'fashion_mnist', 'split': "
+                         f"'train', 'data_dir': None}}.")
+    if many and len(items) > 1 and "weight" not in item:
+      raise ValueError(f"{where} ({item['name']}): every source of a "
+                       f"mixture needs a 'weight'.")
+    out.append(item)
+  return out
 
 
-def _split_size(builder, split: Any) -> int:
-  try:
-    return int(builder.info.splits[split].num_examples)
-  except (KeyError, ValueError) as e:
-    raise ValueError(f"Dataset {builder.info.full_name!r}: bad split "
-                     f"{split!r}: {e}") from e
+def _label(source: dict) -> str:
+  return f"{source['name']}:{source['split']}"
 
 
-def _decoders(builder, pp: str) -> dict[str, Any] | None:
-  """Keeps images encoded for pp ops that decode the bytes themselves."""
-  skip = {}
+def train_examples(data: Any) -> int:
+  """Global number of training examples (summed over a mixture's sources).
+
+  This defines an epoch for `total_epochs` and other durations.
+  """
+  return sum(tfds_source.num_examples(s["name"], s["split"], s.get("data_dir"))
+             for s in data_sources(data))
+
+
+def _bytes_keys(pp: str, features) -> set[str]:
+  keys = set()
   for op in pp_builder.parse_ops(pp):
     if op.name in _NEEDS_BYTES_OPS:
-      key = pp_builder.bound_arguments(op)["key"]
-      features = builder.info.features
-      if key in features and isinstance(features[key], tfds.features.Image):
-        skip[key] = tfds.decode.SkipDecoding()
-  return skip or None
+      keys.add(pp_builder.bound_arguments(op)["key"])
+  return keys & set(features)
 
 
-def _read(builder, split: Any, pp: str) -> tf.data.Dataset:
-  """The split's records in TFDS's fixed order (no file shuffling)."""
-  read_config = tfds.ReadConfig(try_autocache=False, skip_prefetch=True)
-  ds = builder.as_dataset(split=split, shuffle_files=False,
-                          decoders=_decoders(builder, pp),
-                          read_config=read_config)
-  options = tf.data.Options()
-  options.deterministic = True
-  return ds.with_options(options)
+class _Records:
+  """One source's raw records, with image features left encoded.
+
+  TFDS would decode images while reading, before we know a record's stream
+  position; we decode them in our own map instead, so that a bad image can
+  be traced to its record.
+  """
+
+  def __init__(self, source: dict, share: splits_lib.Share, pp: str,
+               builder: tfds.core.DatasetBuilder):
+    self.source, self.share, self.builder = source, share, builder
+    features = builder.info.features
+    self.image_keys = [k for k, f in features.items()
+                       if isinstance(f, tfds.features.Image)]
+    keep_bytes = _bytes_keys(pp, features)
+    self._decode_keys = [k for k in self.image_keys if k not in keep_bytes]
+
+  def dataset(self, spec: str | None = None) -> tf.data.Dataset:
+    """The share's records (or those of `spec`) in fixed TFDS order."""
+    read_config = tfds.ReadConfig(try_autocache=False, skip_prefetch=True)
+    decoders = {k: tfds.decode.SkipDecoding() for k in self.image_keys}
+    ds = self.builder.as_dataset(split=spec or self.share.spec,
+                                 shuffle_files=False, decoders=decoders or None,
+                                 read_config=read_config)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options)
+
+  def decode(self, example: dict) -> dict:
+    """Decodes the image features the pp string wants decoded (as TFDS would)."""
+    features = self.builder.info.features
+    example = dict(example)
+    for key in self._decode_keys:
+      example[key] = features[key].decode_example(example[key])
+    return example
+
+  def describe(self, index: int, raw: dict | None) -> str:
+    """"file_name 'x.JPEG' (record imagenet2012 train[5:6])"."""
+    where = (f"record {self.source['name']} "
+             f"{self.share.record_spec(index)}")
+    name = None if raw is None else raw.get(FILE_NAME_KEY)
+    if name is not None:
+      name = name.decode() if isinstance(name, bytes) else str(name)
+      return f"file_name {name!r} ({where})"
+    return where
 
 
-def train_examples(data: dict) -> int:
-  """Global number of examples in the training split (defines an epoch)."""
-  name, split, data_dir = _data_fields(data)
-  return tfds_source.num_examples(name, split, data_dir)
+def _reproduce(fn: Callable[[dict], dict], raw: dict) -> str | None:
+  """Runs `fn` eagerly on one raw record; the error message, or None."""
+  try:
+    fn({k: tf.convert_to_tensor(v) for k, v in raw.items()})
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:500]}"
+  return None
+
+
+class _SourceStream:
+  """An infinite, shuffled, preprocessed stream of one source's share."""
+
+  def __init__(self, source: dict, pp: str, *, seed: int, source_index: int,
+               num_sources: int, process_index: int, process_count: int,
+               shuffle_buffer_size: int, cache: bool, num_parallel_calls: int,
+               skip_corrupt: bool):
+    self.source = source
+    self.pp = f"{source['pp']}|{pp}" if source.get("pp") else pp
+    builder = tfds_source.get_builder(source["name"], source.get("data_dir"))
+    share = splits_lib.process_share(
+        builder, source["split"], process_index=process_index,
+        process_count=process_count, drop_remainder=True)
+    if share.size == 0:
+      raise ValueError(f"Data {_label(source)} gives process {process_index} "
+                       f"of {process_count} no training examples.")
+    self.records = _Records(source, share, self.pp, builder)
+    self.num_examples = sum(hi - lo for _, lo, hi in share.ranges)
+    self.shuffle_buffer_size = shuffle_buffer_size
+    self.num_parallel_calls = num_parallel_calls
+    self.skip_corrupt = skip_corrupt
+    # A single source keeps the seeds of the plain (non-mixture) pipeline.
+    salt = 0 if num_sources == 1 else (source_index + 1) * 0x9E3779B1
+    self._shuffle_seed = (seed ^ _SHUFFLE_SALT) + salt
+    self._example_seed = tf.constant([seed + salt, process_index], tf.int64)
+    self._full_fn = pp_builder.get_preprocess_fn(self.pp)
+
+    records = self.records.dataset()
+    self.n = share.size
+    if cache:  # Decode etc. once; only the random rest runs every epoch.
+      prefix_fn, self._epoch_fn, _ = pp_builder.split_deterministic_prefix(
+          self.pp)
+      prefix = lambda ex: prefix_fn(self.records.decode(ex))
+      records = records.map(tf.autograph.experimental.do_not_convert(prefix),
+                             num_parallel_calls)
+      if skip_corrupt:
+        records = records.ignore_errors(log_warning=True)
+      records = records.cache()
+      if skip_corrupt:  # Epoch arithmetic needs the true count.
+        self.n = int(records.reduce(tf.constant(0, tf.int64),
+                                    lambda c, _: c + 1).numpy())
+        if self.n == 0:
+          raise BadExampleError(f"Every record of {_label(source)} (this "
+                                f"process's share) failed to preprocess.")
+        if self.n < share.size:
+          logging.warning("Input %s: skipped %d bad record(s) of %d while "
+                          "caching (skip_corrupt=True).", _label(source),
+                          share.size - self.n, share.size)
+    else:
+      self._epoch_fn = lambda ex: self._full_fn(self.records.decode(ex))
+    self.cache = cache
+    self._records = records
+
+  def _epoch_seed(self, e: tf.Tensor) -> tf.Tensor:
+    # A scalar hash of (seed, epoch). (Note stateless_fold_in(s, e) is the
+    # pair [f(s), e], so its first entry alone would not depend on e.)
+    return tf.random.stateless_uniform(
+        [], seed=tf.stack([tf.constant(self._shuffle_seed, tf.int64), e]),
+        minval=None, maxval=None, dtype=tf.int64)
+
+  def _epoch(self, records: tf.data.Dataset, e: tf.Tensor) -> tf.data.Dataset:
+    """(position, record) of epoch e; positions count from epoch 0."""
+    # With only an op seed, tf.data pairs it with TF's fixed default graph
+    # seed; calling tf.random.set_seed elsewhere would change the order.
+    ds = records.shuffle(self.shuffle_buffer_size, seed=self._epoch_seed(e),
+                         reshuffle_each_iteration=False)
+    return ds.enumerate().map(lambda i, ex: (e * self.n + i, ex))
+
+  def _preprocess(self, position: tf.Tensor, example: dict) -> dict:
+    example = dict(example)
+    example[pp_builder.SEED_KEY] = tf.random.experimental.stateless_fold_in(
+        self._example_seed, position)
+    return self._epoch_fn(example)
+
+  def dataset(self, start: int) -> tf.data.Dataset:
+    """Preprocessed examples from stream position `start` on (infinite)."""
+    start_epoch, skip = divmod(start, self.n)
+    fn = tf.autograph.experimental.do_not_convert(self._preprocess)
+
+    def epoch(e):
+      ds = self._epoch(self._records, e)
+      ds = ds.skip(tf.where(e == start_epoch, tf.constant(skip, tf.int64), 0))
+      if not self.skip_corrupt:
+        return ds
+      # Failed records vanish here; an end-of-epoch marker lets the count
+      # below see drops at the end of an epoch and an epoch where all fail.
+      ds = ds.map(lambda p, ex: (p, False, fn(p, ex)), self.num_parallel_calls)
+      ds = ds.ignore_errors(log_warning=True)
+      return ds.concatenate(_marker(ds.element_spec, (e + 1) * self.n))
+
+    ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)
+    ds = ds.flat_map(epoch)
+    if not self.skip_corrupt:
+      return ds.map(fn, num_parallel_calls=self.num_parallel_calls)
+    return _count_dropped(ds, start, _label(self.source))
+
+  def describe_position(self, position: int, limit: int = 1
+                        ) -> list[tuple[str, str | None]]:
+    """Replays positions [position, position + limit): failing records.
+
+    Returns [(record description, error message)] for the records whose
+    preprocessing fails when run again, eagerly, with their own seeds.
+    """
+    e, i = divmod(position, self.n)
+    records = self._records
+    if not self.cache:  # Keep the record index with the raw record.
+      records = tf.data.Dataset.zip(tf.data.Dataset.range(self.n), records)
+    ds = self._epoch(records, tf.constant(e, tf.int64)).skip(i).take(limit)
+    found = []
+    for p, item in ds:
+      index, raw = (None, item) if self.cache else item
+      error = _reproduce(lambda ex, p=p: self._preprocess(p, ex), raw)
+      if error:
+        raw_np = tfds.as_numpy(raw)
+        where = (self.records.describe(int(index), raw_np) if index is not None
+                 else f"stream position {int(p)} of {_label(self.source)}")
+        found.append((where, error))
+    return found
+
+  def find_bad_records(self, limit: int = _MAX_REPORTED
+                       ) -> list[tuple[str, str | None]]:
+    """Scans the whole share for records whose decoding/pp fails."""
+    prefix_fn, _, _ = pp_builder.split_deterministic_prefix(self.pp)
+    check = tf.autograph.experimental.do_not_convert(
+        lambda i, ex: (i, prefix_fn(self.records.decode(ex))))
+    good = tf.data.Dataset.zip(tf.data.Dataset.range(self.records.share.size),
+                               self.records.dataset())
+    good = good.map(check, self.num_parallel_calls).ignore_errors()
+    ok = {int(i) for i, _ in good.as_numpy_iterator()}
+    bad = [i for i in range(self.records.share.size) if i not in ok][:limit]
+    out = []
+    for index in bad:
+      raw = next(iter(self.records.dataset(
+          self.records.share.record_spec(index))))
+      error = _reproduce(lambda ex: prefix_fn(self.records.decode(ex)), raw)
+      out.append((self.records.describe(index, tfds.as_numpy(raw)), error))
+    return out
+
+
+def _marker(spec: Any, position: tf.Tensor) -> tf.data.Dataset:
+  """One (position, True, dummy example) element closing an epoch."""
+  def dummy(s):
+    shape = [d or 0 for d in s.shape]
+    return (tf.fill(shape, "") if s.dtype == tf.string
+            else tf.zeros(shape, s.dtype))
+  return tf.data.Dataset.from_tensors(
+      (position, True, tf.nest.map_structure(dummy, spec[2])))
+
+
+def _count_dropped(ds: tf.data.Dataset, start: int,
+                   label: str) -> tf.data.Dataset:
+  """Adds `_skipped`: records dropped just before each example.
+
+  `ds` holds (position, is_marker, example) with the failed positions
+  missing and a marker at each epoch end; summing `_skipped` over the stream
+  counts every dropped record once. An epoch in which every record fails
+  is an error (otherwise the stream would spin forever).
+  """
+  def step(state, item):
+    prev, pending, kept = state
+    position, is_marker, example = item
+    dropped = pending + position - prev - 1
+    check = tf.debugging.Assert(
+        tf.logical_or(tf.logical_not(is_marker), kept > 0),
+        [f"Every record of an epoch of {label} failed to preprocess "
+         f"(skip_corrupt=True); the logged warnings say why. Position:",
+         position])
+    with tf.control_dependencies([check]):
+      example = {**example, SKIPPED_KEY: tf.identity(dropped)}
+    new_state = (tf.where(is_marker, position - 1, position),
+                 tf.where(is_marker, dropped, tf.constant(0, tf.int64)),
+                 tf.where(is_marker, tf.constant(0, tf.int64), kept + 1))
+    return new_state, (is_marker, example)
+
+  zero = tf.constant(0, tf.int64)
+  ds = ds.scan((tf.constant(start - 1, tf.int64), zero, zero), step)
+  return ds.filter(lambda is_marker, _: tf.logical_not(is_marker)).map(
+      lambda _, example: example)
 
 
 class TrainIterator:
   """Infinite iterator of process-local numpy batches (see module doc)."""
 
-  def __init__(self, ds: tf.data.Dataset, *, num_examples: int,
+  def __init__(self, ds: tf.data.Dataset, *, streams: list[_SourceStream],
+               choices: mixture_lib.Choices | None, num_examples: int,
                examples_per_process: int, local_batch_size: int,
-               start_step: int):
-    self.num_examples = num_examples  # Global split size.
-    self.examples_per_process = examples_per_process  # One epoch, this process.
+               start_step: int, skip_corrupt: bool):
+    self.num_examples = num_examples  # Global split size (all sources).
+    self.examples_per_process = examples_per_process  # One epoch, here.
     self.local_batch_size = local_batch_size
     self.start_step = start_step
-    self.element_spec = ds.element_spec
+    self.skip_corrupt = skip_corrupt
+    self.skipped = 0  # Records dropped since start (skip_corrupt=True).
+    self._streams, self._choices = streams, choices
+    spec = dict(ds.element_spec)
+    spec.pop(SKIPPED_KEY, None)
+    self.element_spec = spec
     self._it = iter(tfds.as_numpy(ds))
+    self._batches = 0
 
   def __iter__(self) -> "TrainIterator":
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    return next(self._it)
+    try:
+      batch = next(self._it)
+    except tf.errors.OpError as e:
+      raise self._bad_example_error(e) from e
+    self._batches += 1
+    if SKIPPED_KEY in batch:
+      self._count_skipped(batch.pop(SKIPPED_KEY))
+    return batch
+
+  def _count_skipped(self, dropped: np.ndarray) -> None:
+    new = int(np.sum(dropped))
+    if new:
+      self.skipped += new
+      logging.warning("Input: skipped %d bad record(s), %d so far "
+                      "(skip_corrupt=True; TF's warnings above say why).",
+                      new, self.skipped)
+
+  def _bad_example_error(self, error: tf.errors.OpError) -> BadExampleError:
+    """Finds the record behind `error` by replaying the failed batch."""
+    batch = self.local_batch_size
+    first = (self.start_step + self._batches) * batch
+    found = []
+    try:
+      for position in range(first, first + batch):
+        if self._choices is None:
+          stream, local = self._streams[0], position
+        else:
+          # Source positions are absolute, like the mixture's.
+          source, local = self._choices.locate(position)
+          stream = self._streams[source]
+        found += stream.describe_position(local)
+        if len(found) >= _MAX_REPORTED:
+          break
+      if not found:  # E.g. a cached prefix failed: scan the records.
+        for stream in self._streams:
+          found += stream.find_bad_records()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.exception("Could not locate the bad record: %s", e)
+    return _error_message(error, found, self.skip_corrupt)
+
+
+def _error_message(error: tf.errors.OpError,
+                   found: Sequence[tuple[str, str | None]],
+                   skip_corrupt: bool = False) -> BadExampleError:
+  tf_message = str(error.message if hasattr(error, "message") else error)
+  tf_message = tf_message.strip().splitlines()[0][:500]
+  if not found:
+    return BadExampleError(f"Reading or preprocessing the input failed: "
+                           f"{tf_message}")
+  lines = [f"  {where}: {why or tf_message}" for where, why in found]
+  if skip_corrupt:
+    return BadExampleError(
+        "With input.skip_corrupt=True, every record of an epoch failed, so "
+        "the pp string (not the data) is the likely culprit. For example:\n"
+        + "\n".join(lines))
+  return BadExampleError(
+      "Bad input record(s) (corrupt/truncated image, or a pp op rejected "
+      "it); fix or remove them, or set input.skip_corrupt=True to skip "
+      "and count them:\n" + "\n".join(lines))
 
 
 def make_train_iterator(
-    data: dict, pp: str, global_batch_size: int, *, seed: int,
+    data: Any, pp: str, global_batch_size: int, *, seed: int,
     start_step: int = 0, shuffle_buffer_size: int = 50_000,
     cache: bool = False, prefetch: int = 2,
     num_parallel_calls: int = tf.data.AUTOTUNE,
     process_index: int | None = None, process_count: int | None = None,
+    skip_corrupt: bool = False,
 ) -> TrainIterator:
   """Infinite, reshuffled, augmented training batches for this process.
 
   Args:
-    data: `{"name": tfds name, "split": split, "data_dir": None or dir}`.
+    data: `{"name": tfds name, "split": split, "data_dir": None or dir}`, or
+      a list of such dicts with a `"weight"` each (a mixture; each may have
+      its own `"pp"` that runs before `pp`).
     pp: the pp string; random ops get a per-example seed.
     global_batch_size: examples per step over all processes; each process
       yields `global_batch_size // process_count` of them.
     seed: the global data seed. Order and augmentation depend only on it.
     start_step: first step to yield (resume): batch k of this iterator is
       batch `start_step + k` of an uninterrupted one.
-    shuffle_buffer_size: tf.data shuffle buffer (examples).
+    shuffle_buffer_size: tf.data shuffle buffer (examples, per source).
     cache: keep the decoded, not yet augmented records (the output of the pp
       ops before the first random one) in memory.
     prefetch: batches to prefetch.
     num_parallel_calls: parallelism of the pp map.
     process_index, process_count: default to JAX's; override for tests.
+    skip_corrupt: drop (and count, in `.skipped`) records that fail to
+      decode or preprocess instead of failing with `BadExampleError`.
   """
-  name, split, data_dir = _data_fields(data)
+  sources = data_sources(data)
   index, count = _processes(process_index, process_count)
   batch = local_batch_size(global_batch_size, count)
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
-  builder = tfds_source.get_builder(name, data_dir)
-  share = process_split(split, process_index=index, process_count=count,
-                        drop_remainder=True)
-  n_local = _split_size(builder, share)
-  if n_local == 0:
-    raise ValueError(f"Data {name!r} split {split!r} gives process {index} of "
-                     f"{count} no training examples.")
-  prefix_fn, rest_fn, _ = pp_builder.split_deterministic_prefix(pp)
-
-  records = _read(builder, share, pp)
-  if cache:  # Decode etc. once; only the random rest runs every epoch.
-    records = records.map(tf.autograph.experimental.do_not_convert(prefix_fn),
-                          num_parallel_calls).cache()
-    per_epoch_fn = rest_fn
+  streams = [
+      _SourceStream(s, pp, seed=seed, source_index=i,
+                    num_sources=len(sources), process_index=index,
+                    process_count=count,
+                    shuffle_buffer_size=shuffle_buffer_size, cache=cache,
+                    num_parallel_calls=num_parallel_calls,
+                    skip_corrupt=skip_corrupt)
+      for i, s in enumerate(sources)]
+  start = start_step * batch
+  if len(streams) == 1:
+    choices = None
+    ds = streams[0].dataset(start)
   else:
-    per_epoch_fn = pp_builder.get_preprocess_fn(pp)
-
-  start_epoch, skip_in_epoch = divmod(start_step * batch, n_local)
-  example_seed = tf.constant([seed, index], tf.int64)
-
-  def epoch(e):
-    # A scalar hash of (seed, epoch). (Note stateless_fold_in(s, e) is the
-    # pair [f(s), e], so its first entry alone would not depend on e.)
-    shuffle_seed = tf.random.stateless_uniform(
-        [], seed=tf.stack([tf.constant(seed ^ _SHUFFLE_SALT, tf.int64), e]),
-        minval=None, maxval=None, dtype=tf.int64)
-    # With only an op seed, tf.data pairs it with TF's fixed default graph
-    # seed; calling tf.random.set_seed elsewhere would change the order.
-    ds = records.shuffle(shuffle_buffer_size, seed=shuffle_seed,
-                         reshuffle_each_iteration=False)
-    ds = ds.enumerate()  # Position within the epoch.
-    skip = tf.where(e == start_epoch, tf.constant(skip_in_epoch, tf.int64), 0)
-    return ds.skip(skip).map(lambda i, ex: (e * n_local + i, ex))
-
-  # Without autograph, pp errors surface as our own PPError (not wrapped in a
-  # StagingError); pp ops are plain tf code and need no conversion.
-  @tf.autograph.experimental.do_not_convert
-  def preprocess(position, example):
-    example = dict(example)
-    example[pp_builder.SEED_KEY] = tf.random.experimental.stateless_fold_in(
-        example_seed, position)
-    return per_epoch_fn(example)
-
-  ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)
-  ds = ds.flat_map(epoch)
-  ds = ds.map(preprocess, num_parallel_calls=num_parallel_calls)
+    weights = mixture_lib.normalized_weights(
+        [s["weight"] for s in sources], [_label(s) for s in sources])
+    choices = mixture_lib.Choices(weights, seed=seed, process_index=index)
+    offsets = [int(c) for c in choices.counts_before(start)]
+    parts = [st.dataset(o) for st, o in zip(streams, offsets)]
+    _check_same_structure(parts, sources)
+    ds = tf.data.Dataset.choose_from_datasets(parts, choices.dataset(start))
   ds = ds.batch(batch, drop_remainder=True).prefetch(prefetch)
-  return TrainIterator(ds, num_examples=_split_size(builder, split),
-                       examples_per_process=n_local, local_batch_size=batch,
-                       start_step=start_step)
+  return TrainIterator(
+      ds, streams=streams, choices=choices,
+      num_examples=sum(st.num_examples for st in streams),
+      examples_per_process=sum(st.n for st in streams), local_batch_size=batch,
+      start_step=start_step, skip_corrupt=skip_corrupt)
+
+
+def _check_same_structure(parts: list[tf.data.Dataset],
+                          sources: list[dict]) -> None:
+  specs = [p.element_spec for p in parts]
+  for source, spec in zip(sources[1:], specs[1:]):
+    same_keys = set(spec) == set(specs[0])
+    if not same_keys or any(
+        spec[k].dtype != specs[0][k].dtype
+        or not spec[k].shape.is_compatible_with(specs[0][k].shape)
+        for k in spec):
+      raise ValueError(
+          f"Mixture sources must give the same keys, dtypes and shapes after "
+          f"pp; {_label(sources[0])} gives {_describe_spec(specs[0])} but "
+          f"{_label(source)} gives {_describe_spec(spec)}. Give the sources "
+          f"their own 'pp' to rename/convert features.")
+
+
+def _describe_spec(spec: dict) -> str:
+  return "{" + ", ".join(f"{k}: {v.dtype.name}{v.shape}"
+                         for k, v in sorted(spec.items())) + "}"
 
 
 def _zeros_like_spec(spec: tf.TensorSpec, key: str) -> tf.Tensor:
@@ -230,46 +554,102 @@ def _zeros_like_spec(spec: tf.TensorSpec, key: str) -> tf.Tensor:
   return tf.zeros(spec.shape, spec.dtype)
 
 
+@dataclasses.dataclass
+class _EvalPlan:
+  records: _Records
+  fn: Callable[[dict], dict]
+
+
 class EvalIterable:
-  """Re-iterable fixed-order eval batches; `len()` is the batch count."""
+  """Re-iterable fixed-order eval batches; `len()` is the batch count.
+
+  After a full pass, `skipped` is the number of this process's records that
+  were dropped as bad (only with `skip_corrupt=True`).
+  """
 
   def __init__(self, ds: tf.data.Dataset, num_batches: int,
-               num_examples: int):
+               num_examples: int, plan: _EvalPlan, skip_corrupt: bool):
     self._ds = ds
     self.num_batches = num_batches
     self.num_examples = num_examples  # Real examples on this process.
     self.element_spec = ds.element_spec
+    self.skipped = 0
+    self._plan = plan
+    self._skip_corrupt = skip_corrupt
 
   def __len__(self) -> int:
     return self.num_batches
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    return iter(tfds.as_numpy(self._ds))
+    seen = 0
+    it = iter(tfds.as_numpy(self._ds))
+    while True:
+      try:
+        batch = next(it)
+      except StopIteration:
+        break
+      except tf.errors.OpError as e:
+        raise self._bad_example_error(e) from e
+      seen += int(batch[MASK_KEY].sum())
+      yield batch
+    self.skipped = self.num_examples - seen
+    if self.skipped:
+      logging.warning("Eval input: skipped %d bad record(s) of %d "
+                      "(skip_corrupt=True).", self.skipped, self.num_examples)
+
+  def _bad_example_error(self, error: tf.errors.OpError) -> BadExampleError:
+    """Scans this process's records for the ones that fail."""
+    records, found = self._plan.records, []
+    try:
+      check = tf.autograph.experimental.do_not_convert(
+          lambda i, ex: (i, self._plan.fn(ex)))
+      ds = tf.data.Dataset.zip(tf.data.Dataset.range(records.share.size),
+                               records.dataset())
+      ok = {int(i) for i, _ in ds.map(check, tf.data.AUTOTUNE)
+            .ignore_errors().as_numpy_iterator()}
+      for index in [i for i in range(records.share.size)
+                    if i not in ok][:_MAX_REPORTED]:
+        raw = next(iter(records.dataset(records.share.record_spec(index))))
+        found.append((records.describe(index, tfds.as_numpy(raw)),
+                      _reproduce(self._plan.fn, raw)))
+    except Exception as e:  # pylint: disable=broad-except
+      logging.exception("Could not locate the bad record: %s", e)
+    return _error_message(error, found)
 
 
 def make_eval_iterator(
     data: dict, pp: str, global_batch_size: int, *, cache: bool = True,
     prefetch: int = 2, num_parallel_calls: int = tf.data.AUTOTUNE,
     process_index: int | None = None, process_count: int | None = None,
+    skip_corrupt: bool = False,
 ) -> tuple[EvalIterable, int]:
   """Every example of the split once (over all processes), padded batches.
 
   Returns `(iterable, num_batches)`; `num_batches` is the same on every
   process (from the largest share); padding examples are zeros with
   `_mask=False`. `cache=True` keeps the preprocessed examples in memory after
-  the first pass: fine for small sets, too big for ImageNet-size ones.
+  the first pass: fine for small sets, too big for ImageNet-size ones. If the
+  dataset has a `file_name` feature it is in every batch (padding: "").
+  `skip_corrupt=True` drops records that fail (they are not counted; the
+  iterable's `skipped` says how many) instead of raising `BadExampleError`.
   """
-  name, split, data_dir = _data_fields(data)
+  (source,) = data_sources(data) if not isinstance(data, (list, tuple)) else (
+      _single_eval_source(data),)
+  if source.get("weight") is not None or source.get("pp"):
+    raise ValueError(f"Eval data {_label(source)}: 'weight' and per-source "
+                     f"'pp' are for training mixtures only.")
   index, count = _processes(process_index, process_count)
   batch = local_batch_size(global_batch_size, count)
-  builder = tfds_source.get_builder(name, data_dir)
-  shares = [process_split(split, process_index=i, process_count=count,
-                          drop_remainder=False) for i in range(count)]
-  sizes = [_split_size(builder, s) for s in shares]
+  builder = tfds_source.get_builder(source["name"], source.get("data_dir"))
+  shares = [splits_lib.process_share(builder, source["split"],
+                                     process_index=i, process_count=count,
+                                     drop_remainder=False)
+            for i in range(count)]
+  sizes = [s.size for s in shares]
   if max(sizes) == 0:
-    raise ValueError(f"Data {name!r} split {split!r} is empty.")
+    raise ValueError(f"Data {_label(source)} is empty.")
   num_batches = math.ceil(max(sizes) / batch)
-  prefix_fn, _, is_random = pp_builder.split_deterministic_prefix(pp)
+  _, _, is_random = pp_builder.split_deterministic_prefix(pp)
   if is_random:
     first = next(op for op in pp_builder.parse_ops(pp)
                  if pp_builder.is_random(op))
@@ -277,23 +657,48 @@ def make_eval_iterator(
         f"Eval pp op {first.index} {first.token!r} is random and needs a "
         f"per-example seed; evaluation must be deterministic: {pp!r}")
   preprocess = pp_builder.get_preprocess_fn(pp)
+  records = _Records(source, shares[index], pp, builder)
+  has_file_name = FILE_NAME_KEY in builder.info.features
+
+  def fn(example):
+    out = preprocess(records.decode(example))
+    if has_file_name and FILE_NAME_KEY not in out:
+      out[FILE_NAME_KEY] = example[FILE_NAME_KEY]
+    return out
 
   @tf.autograph.experimental.do_not_convert
   def with_mask(example):
-    example = preprocess(example)
+    example = fn(example)
     if MASK_KEY in example:
       raise ValueError(f"The eval pp output already has a {MASK_KEY!r} key.")
     return {**example, MASK_KEY: tf.constant(True)}
 
-  ds = _read(builder, shares[index], pp).map(with_mask, num_parallel_calls)
+  ds = records.dataset().map(with_mask, num_parallel_calls)
+  if skip_corrupt:
+    ds = ds.ignore_errors(log_warning=True)
   if cache:
     ds = ds.cache()
   padding = {k: _zeros_like_spec(spec, k)
              for k, spec in ds.element_spec.items()}
   padding[MASK_KEY] = tf.constant(False)
-  num_padding = num_batches * batch - sizes[index]
-  if num_padding:
-    ds = ds.concatenate(
-        tf.data.Dataset.from_tensors(padding).repeat(num_padding))
+  # Pad to the same number of batches everywhere (also after skipped records).
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
+  ds = ds.take(num_batches * batch)
   ds = ds.batch(batch, drop_remainder=True).prefetch(prefetch)
-  return EvalIterable(ds, num_batches, sizes[index]), num_batches
+  iterable = EvalIterable(ds, num_batches, sizes[index],
+                          _EvalPlan(records, fn), skip_corrupt)
+  return iterable, num_batches
+
+
+def _single_eval_source(data: Sequence[Any]) -> dict:
+  raise ValueError(f"Eval data must be one source dict, got a list of "
+                   f"{len(data)}: {data!r}.")
+
+
+def split_host_keys(batch: dict[str, np.ndarray]
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """(device part, host part): strings like `file_name` stay on the host."""
+  device, host = {}, {}
+  for k, v in batch.items():
+    (host if v.dtype.kind in "OSU" else device)[k] = v
+  return device, host

@@ -3,8 +3,11 @@
 Every dataset, from the embedded Fashion-MNIST to ImageNet, is read through a
 `tfds.core.DatasetBuilder`. There is no network on most of our machines, so we
 never let TFDS try to download: a dataset that is not in the data dir fails
-with the exact command that prepares it. Fashion-MNIST is the exception: it is
-prepared automatically from Debian's local files (see `fashion_mnist.py`).
+with the exact command that prepares it: `prepare_imagenet` for the ImageNet
+datasets made from the ILSVRC tarballs, `image_folder` for a name TFDS does
+not know (a user's own dataset), `tfds build` for everything else.
+Fashion-MNIST is the exception: it is prepared automatically from Debian's
+local files (see `fashion_mnist.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import tensorflow_datasets as tfds
 
 from big_vision_like import registry
 from big_vision_like.data import fashion_mnist
+from big_vision_like.data import image_folder
+from big_vision_like.data import imagenet_variants
+from big_vision_like.data import prepare_imagenet
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -42,6 +48,41 @@ def _prepare_command(name: str, data_dir: str, builder) -> str:
   return command
 
 
+def _not_prepared_message(name: str, data_dir: str, builder) -> str:
+  msg = (f"TFDS dataset {name!r} is not prepared in data_dir={data_dir} "
+         f"(looked for {builder.data_dir}).")
+  base = _base_name(name)
+  if base in imagenet_variants.ILSVRC_VARIANTS:
+    return (f"{msg} Prepare it from the ILSVRC-2012 tarballs (no network "
+            f"needed) with:\n  "
+            f"{prepare_imagenet.command(data_dir, [base])}\n"
+            f"(or `bash scripts/prepare_imagenet.sh` with the same "
+            f"arguments). It needs:\n{prepare_imagenet.describe_needs(base)}")
+  msg += (f" Prepare it with:\n  {_prepare_command(name, data_dir, builder)}"
+          f"\n(`tfds build` downloads the data: run it where there is "
+          f"network, then copy {builder.data_dir} here.)")
+  if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+    msg += ("\nThis dataset needs a manual download first:\n"
+            f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  return msg
+
+
+def _unknown_message(name: str, data_dir: str) -> str:
+  """An unknown name: maybe a typo, maybe a user dataset not imported yet."""
+  base = _base_name(name)
+  local = []  # Datasets (e.g. imported image folders) already in data_dir.
+  if os.path.isdir(data_dir):
+    local = [d for d in os.listdir(data_dir)
+             if os.path.isdir(os.path.join(data_dir, d)) and d != "downloads"
+             and not d.startswith(".")]
+  msg = (f"TFDS dataset {base!r} is neither a registered TFDS dataset nor "
+         f"prepared in data_dir={data_dir}. If it is your own folder of "
+         f"class sub-folders of images, import it with:\n  "
+         f"{image_folder.command(base, data_dir)}\n")
+  return msg + registry.unknown_name_message(
+      "TFDS dataset", base, set(tfds.list_builders()) | set(local))
+
+
 def get_builder(name: str, data_dir: str | None = None
                 ) -> tfds.core.DatasetBuilder:
   """Returns the prepared TFDS builder for `name` ("ds", "ds/config:1.0.0").
@@ -56,17 +97,10 @@ def get_builder(name: str, data_dir: str | None = None
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    msg = registry.unknown_name_message(
-        "TFDS dataset", _base_name(name), tfds.list_builders())
-    raise UnknownDatasetError(f"{msg} (data_dir={data_dir})") from e
+    raise UnknownDatasetError(_unknown_message(name, data_dir)) from e
   if not builder.is_prepared():
-    msg = (f"TFDS dataset {name!r} is not prepared in data_dir={data_dir} "
-           f"(looked for {builder.data_dir}). Prepare it with:\n  "
-           f"{_prepare_command(name, data_dir, builder)}")
-    if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
-      msg += ("\nThis dataset needs a manual download first:\n"
-              f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-    raise DatasetNotPreparedError(msg)
+    raise DatasetNotPreparedError(
+        _not_prepared_message(name, data_dir, builder))
   return builder
 
 

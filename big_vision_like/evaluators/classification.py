@@ -40,7 +40,8 @@ class Evaluator:
   def __init__(self, predict_fn: Callable[[Any, dict], jax.Array], *,
                data: dict, pp: str, batch_size: int, mesh: jax.sharding.Mesh,
                data_axes: tuple[str, ...], loss_name: str = "softmax_xent",
-               label_key: str = "labels", cache: bool = True, name: str = "eval"):
+               label_key: str = "labels", cache: bool = True,
+               skip_corrupt: bool = False, name: str = "eval"):
     self.name = name
     self.label_key = label_key
     # Any batch size works: round up to a multiple of the data-parallel devices
@@ -49,7 +50,8 @@ class Evaluator:
     multiple = dp * jax.process_count() // math.gcd(dp, jax.process_count())
     batch_size = -(-batch_size // multiple) * multiple
     self.batches, self.num_batches = input_pipeline.make_eval_iterator(
-        dict(data), pp, batch_size, cache=cache)
+        dict(data), pp, batch_size, cache=cache, skip_corrupt=skip_corrupt)
+    self.skip_corrupt = skip_corrupt
     self.sharding = sharding_lib.batch_sharding(mesh, data_axes)
     loss_fn = registry.LOSSES.get(loss_name)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -85,6 +87,7 @@ class Evaluator:
       if self.label_key not in batch:
         raise KeyError(f"evaluator {self.name!r}: pp output has no {self.label_key!r} "
                        f"(keys: {sorted(batch)}); set label_key or fix the pp string")
+      batch, _ = input_pipeline.split_host_keys(batch)  # e.g. file_name
       batch = sharding_lib.put_process_local_batch(batch, self.sharding)
       if sums is None:
         shapes = jax.eval_shape(self._batch_sums, params, batch)
@@ -101,4 +104,6 @@ class Evaluator:
       raise ValueError(f"evaluator {self.name!r}: the split has no examples")
     out = {k: v / count for k, v in sums.items()}
     out["num_examples"] = count
+    if self.skip_corrupt:  # This process's count; bad records are not scored.
+      out["skipped_records"] = self.batches.skipped
     return out

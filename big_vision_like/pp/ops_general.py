@@ -129,3 +129,189 @@ def get_onehot(depth: int, key: str = "label", key_result: str | None = None,
       hot = tf.one_hot(labels, depth)
     return {**data, key_result: off + (on - off) * hot}
   return onehot
+
+
+def _static_dims(shape: Any, op: str) -> tuple[int | None, ...]:
+  """A pp-string shape as a tuple of ints >= 0 and Nones."""
+  if isinstance(shape, int) and not isinstance(shape, bool):
+    shape = (shape,)
+  if not isinstance(shape, (tuple, list)) or not all(
+      d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+      for d in shape):
+    raise ValueError(f"{op}: shape must be a tuple of ints >= 0 or None "
+                     f"(= keep that dimension), got {shape!r}.")
+  return tuple(shape)
+
+
+def _fill_value(value: Any, dtype: tf.DType, key: str,
+                op: str) -> tf.Tensor:
+  try:
+    return tf.constant(value, dtype)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{op}: pad_value {value!r} does not fit {key!r} of "
+                     f"dtype {dtype.name}.") from e
+
+
+@PP_OPS.register("pad_to_shape")
+def get_pad_to_shape(shape: Any, pad_value: Any = 0, key: str = "label",
+                     key_result: str | None = None
+                     ) -> Callable[[Example], Example]:
+  """Pads `data[key]` at the end of each dimension up to a static `shape`.
+
+  `shape` has one entry per dimension; `None` leaves that dimension as it
+  is. The result has that static shape, so variable-length features (label
+  sets, tokens, boxes) can be batched. A RaggedTensor is first made dense
+  with `pad_value`. A tensor that is LARGER than `shape` in some dimension
+  fails at run time (nothing is cut off silently).
+  """
+  dims = _static_dims(shape, "pad_to_shape")
+  key_result = key_result or key
+
+  def pad_to_shape(data):
+    _require(data, "pad_to_shape", key)
+    value = data[key]
+    dtype = value.dtype if isinstance(value, tf.RaggedTensor) else (
+        tf.convert_to_tensor(value).dtype)
+    fill = _fill_value(pad_value, dtype, key, "pad_to_shape")
+    if isinstance(value, tf.RaggedTensor):
+      value = value.to_tensor(default_value=fill)
+    value = tf.convert_to_tensor(value)
+    if value.shape.rank != len(dims):
+      raise ValueError(f"pad_to_shape: {key!r} has shape {value.shape} "
+                       f"(rank {value.shape.rank}), but the wanted shape "
+                       f"{dims} has rank {len(dims)}.")
+    too_large = [(have, want) for have, want in zip(value.shape, dims)
+                 if have is not None and want is not None and have > want]
+    if too_large:
+      raise ValueError(f"pad_to_shape: {key!r} has shape {value.shape}, "
+                       f"larger than the wanted shape {dims}.")
+    actual = tf.shape(value)
+    wanted = tf.stack([actual[i] if d is None else d
+                       for i, d in enumerate(dims)]) if dims else actual
+    check = tf.debugging.Assert(
+        tf.reduce_all(actual <= wanted),
+        [f"pp op pad_to_shape: {key!r} has shape", actual,
+         f"which is larger than the wanted shape {dims}"])
+    with tf.control_dependencies([check]):
+      padded = tf.pad(value, tf.stack([tf.zeros_like(actual),
+                                       wanted - actual], axis=1),
+                      constant_values=fill)
+    padded.set_shape([value.shape[i] if d is None else d
+                      for i, d in enumerate(dims)])
+    return {**data, key_result: padded}
+  return pad_to_shape
+
+
+# Named label maps of `map_label`: a 200-class subset of ImageNet-1k.
+_SUBSET_MAPS = {"imagenet_a": "imagenet_a", "imagenet_r": "imagenet_r",
+                "imagenet_a_to_1k": "imagenet_a",
+                "imagenet_r_to_1k": "imagenet_r"}
+
+
+def _label_table(mapping: Any) -> dict[int, int | None]:
+  """`map_label`'s mapping argument as {old id: new id or None}."""
+  if isinstance(mapping, str):
+    if mapping not in _SUBSET_MAPS:
+      raise ValueError(f"map_label: unknown named mapping {mapping!r}; known: "
+                       f"{sorted(_SUBSET_MAPS)} (or give a dict or list).")
+    # Imported here: it reads the class lists from package files.
+    from big_vision_like.data import imagenet_classes  # pylint: disable=g-import-not-at-top
+    ids = imagenet_classes.subset_indices(_SUBSET_MAPS[mapping])
+    if mapping.endswith("_to_1k"):
+      return dict(enumerate(ids))
+    return {old: new for new, old in enumerate(ids)}
+  if isinstance(mapping, (list, tuple)):
+    table = dict(enumerate(mapping))
+  elif isinstance(mapping, dict):
+    table = dict(mapping)
+  else:
+    raise ValueError(f"map_label: mapping must be a dict {{old: new}}, a list "
+                     f"indexed by old id, or a name in {sorted(_SUBSET_MAPS)}; "
+                     f"got {mapping!r}.")
+  if not table:
+    raise ValueError("map_label: the mapping is empty.")
+
+  def is_id(x):
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+  bad = [(k, v) for k, v in table.items()
+         if not is_id(k) or not (v is None or is_id(v))]
+  if bad:
+    raise ValueError(f"map_label: old and new labels must be ints >= 0 (new "
+                     f"may be None = unknown); bad entries (old, new): "
+                     f"{bad[:5]}.")
+  return table
+
+
+@PP_OPS.register("map_label")
+def get_map_label(mapping: Any, key: str = "label",
+                  key_result: str | None = None, unknown: int | None = -1,
+                  drop_unknown: bool = False) -> Callable[[Example], Example]:
+  """Maps integer labels through a table, elementwise.
+
+  `mapping` is a dict `{old: new}`, a list (`new = mapping[old]`; None
+  entries have no mapping), or a built-in name:
+    "imagenet_a", "imagenet_r": ImageNet-1k id -> index 0..199 of the class
+      in the 200-class subset (ImageNet-A / ImageNet-R label order);
+    "imagenet_a_to_1k", "imagenet_r_to_1k": the inverse.
+  Works on a scalar label, a label vector and a RaggedTensor of label sets.
+  A label without a mapping becomes `unknown` (default -1, which `onehot`
+  treats as padding, so such entries drop out of a multi-hot target); with
+  `unknown=None` it fails at run time instead, naming the labels. Negative
+  labels are padding and pass through unchanged. `drop_unknown=True`
+  removes unmapped entries from a 1-D label set or a RaggedTensor (the
+  result's length varies).
+  """
+  table = _label_table(mapping)
+  if unknown is not None and (isinstance(unknown, bool)
+                              or not isinstance(unknown, int)):
+    raise ValueError(f"map_label: unknown must be an int or None, got "
+                     f"{unknown!r}.")
+  if drop_unknown and unknown is None:
+    raise ValueError("map_label: give drop_unknown=True or unknown=None "
+                     "(fail on unmapped labels), not both.")
+  key_result = key_result or key
+  size = max(table) + 1
+  new_ids = [0] * size
+  known = [False] * size
+  for old, new in table.items():
+    if new is not None:
+      new_ids[old], known[old] = new, True
+  name = mapping if isinstance(mapping, str) else "the given mapping"
+
+  def lookup(labels):
+    if not labels.dtype.is_integer:
+      raise ValueError(f"map_label: {key!r} must hold integer labels, got "
+                       f"{labels.dtype.name}.")
+    ids = tf.cast(labels, tf.int64)
+    index = tf.clip_by_value(ids, 0, size - 1)
+    mapped = tf.gather(tf.constant(new_ids, tf.int64), index)
+    has = tf.gather(tf.constant(known), index) & (ids >= 0) & (ids < size)
+    padding = ids < 0
+    if unknown is None:
+      check = tf.debugging.Assert(
+          tf.reduce_all(has | padding),
+          [f"pp op map_label: {key!r} label(s) without an entry in {name}:",
+           tf.boolean_mask(ids, ~(has | padding))])
+      with tf.control_dependencies([check]):
+        mapped = tf.identity(mapped)
+    fallback = tf.where(padding, ids, -1 if unknown is None else unknown)
+    return tf.cast(tf.where(has, mapped, fallback), labels.dtype), has | padding
+
+  def map_label(data):
+    _require(data, "map_label", key)
+    labels = data[key]
+    if isinstance(labels, tf.RaggedTensor):
+      out, keep = lookup(labels.flat_values)
+      out = labels.with_flat_values(out)
+      if drop_unknown:
+        out = tf.ragged.boolean_mask(out, labels.with_flat_values(keep))
+      return {**data, key_result: out}
+    labels = tf.convert_to_tensor(labels)
+    out, keep = lookup(labels)
+    if drop_unknown:
+      if labels.shape.rank != 1:
+        raise ValueError(f"map_label: drop_unknown needs a 1-D label set or "
+                         f"a RaggedTensor, {key!r} has shape {labels.shape}.")
+      out = tf.boolean_mask(out, keep)
+    return {**data, key_result: out}
+  return map_label

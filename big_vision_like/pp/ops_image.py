@@ -163,7 +163,10 @@ def get_central_crop(size: int | Sequence[int], key: str = "image"
         message=f"pp op central_crop: image smaller than the crop {ch}x{cw}")
     with tf.control_dependencies([check]):
       top, left = (h - ch) // 2, (w - cw) // 2
-    return {**data, key: image[top:top + ch, left:left + cw]}
+    crop = image[top:top + ch, left:left + cw]
+    # Static shape, so that eval batches (padded) and jit shapes are known.
+    crop.set_shape([ch, cw, image.shape[2] if image.shape.rank else None])
+    return {**data, key: crop}
   return central_crop
 
 
@@ -308,6 +311,33 @@ def get_value_range(vmin: float, vmax: float, in_min: float = 0,
       image = tf.clip_by_value(image, min(vmin, vmax), max(vmin, vmax))
     return {**data, key: image}
   return value_range
+
+
+# Per-channel RGB statistics of ImageNet on the [0, 1] scale (the convention
+# of VGG-era and torchvision ImageNet models).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@PP_OPS.register("vgg_value_range")
+def get_vgg_value_range(key: str = "image") -> Callable[[Example], Example]:
+  """Standardises an RGB image in [0, 255] with ImageNet's statistics.
+
+  float32 `(x / 255 - mean) / std` per channel, mean (0.485, 0.456, 0.406),
+  std (0.229, 0.224, 0.225): the input normalisation of torchvision-style
+  ImageNet models.
+  """
+
+  def vgg_value_range(data):
+    image = _image(data, key, "vgg_value_range")
+    if image.shape.rank == 3 and image.shape[-1] not in (None, 3):
+      raise ValueError(f"vgg_value_range: {key!r} must be an RGB image (3 "
+                       f"channels), got shape {image.shape}.")
+    image = tf.cast(image, tf.float32) / 255.0
+    mean = tf.constant(IMAGENET_MEAN, tf.float32)
+    std = tf.constant(IMAGENET_STD, tf.float32)
+    return {**data, key: (image - mean) / std}
+  return vgg_value_range
 
 
 @PP_OPS.register("grayscale_to_rgb")

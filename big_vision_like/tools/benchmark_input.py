@@ -1,0 +1,453 @@
+"""Input pipeline throughput against the bare JPEG decode+resize limit.
+
+  python -m big_vision_like.tools.benchmark_input [--data_dir DIR] \
+      [--train_examples 2000] [--val_examples 500] [--batch 128]
+
+Our train and eval pipelines do more than decode and resize (shuffling,
+per-example seeds, crops, flips, value ranges, one-hot labels, padding and
+masks for eval), and every extra step costs host CPU that the accelerators
+wait for. This tool measures how close they get to the bare limit: a minimal
+tf.data pipeline (read TFRecords, parse, `tf.io.decode_jpeg`, `tf.image.resize`
+to 224x224, batch) over the SAME files, with the same parallelism, measured
+in the same run.
+
+The data is a real TFDS `imagenet2012` dataset (the registered builder's
+features) of generated natural-looking JPEGs with ImageNet's typical sizes
+(mostly 500x375, 375x500, 500x333) and quality 90, so that file sizes and
+decode costs are like ImageNet's (~110 KB per image). It is generated once
+and cached in `--data_dir`.
+
+Every phase runs in a fresh subprocess, so its peak RSS is its own and no
+tf.data or page-cache state of another phase's Python process carries over.
+Prints a markdown table: images/s, images/s/core, the ratio to the bare
+limit on the same split, and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+IMAGE_SIZE = 224
+TRAIN_PP = (f"decode_jpeg_and_inception_crop({IMAGE_SIZE})|flip_lr|"
+            f"value_range(-1, 1)|onehot(1000)")
+RANDAUG_PP = (f"decode_jpeg_and_inception_crop({IMAGE_SIZE})|flip_lr|"
+              f"randaug(2, 15)|value_range(-1, 1)|onehot(1000)")
+EVAL_PP = (f"decode|resize_small(256)|central_crop({IMAGE_SIZE})|"
+           f"value_range(-1, 1)|onehot(1000)")
+DATASET = "imagenet2012"
+# Bump when the generated images change, so stale caches are not reused.
+_GENERATOR_VERSION = 1
+_RESULT_PREFIX = "BENCHMARK_INPUT_RESULT "
+_STATS_FILE = "benchmark_input_stats.json"
+
+# (height, width) of generated images and how often each occurs; ImageNet's
+# most common sizes, plus a few odd ones.
+_SHAPES = ((375, 500), (500, 375), (333, 500), (500, 333), (400, 500),
+           (500, 500), (300, 450))
+_SHAPE_P = (0.55, 0.17, 0.14, 0.04, 0.04, 0.03, 0.03)
+
+# Rows of the YCbCr (JPEG's full-range) to RGB matrix.
+_YCC_TO_RGB = np.array([[1.0, 0.0, 1.402],
+                        [1.0, -0.344136, -0.714136],
+                        [1.0, 1.772, 0.0]], np.float32)
+
+# name: (pipeline column, pp string, bare phase to compare with, target).
+PHASES = {
+    "bare_train": ("bare: decode_jpeg + resize (train files)",
+                   f"tf.io.decode_jpeg|tf.image.resize({IMAGE_SIZE})", None,
+                   None),
+    "train": ("ours: make_train_iterator", TRAIN_PP, "bare_train", 0.8),
+    "train_randaug": ("ours: make_train_iterator + randaug", RANDAUG_PP,
+                      "bare_train", None),
+    "bare_eval": ("bare: decode_jpeg + resize (validation files)",
+                  f"tf.io.decode_jpeg|tf.image.resize({IMAGE_SIZE})", None,
+                  None),
+    "eval": ("ours: make_eval_iterator", EVAL_PP, "bare_eval", 0.9),
+}
+
+
+# --------------------------------------------------------------- the data
+
+
+def _power_law_fields(rng: np.random.Generator, n: int, height: int,
+                      width: int, alpha: float) -> np.ndarray:
+  """`n` random fields with a 1/f^alpha amplitude spectrum, unit variance.
+
+  Natural images have roughly 1/f amplitude spectra: structure at every
+  scale, which is what makes their JPEGs as large as they are.
+  """
+  fy = np.fft.fftfreq(height).astype(np.float32)[:, None]
+  fx = np.fft.rfftfreq(width).astype(np.float32)[None, :]
+  freq = np.sqrt(fy**2 + fx**2)
+  freq[0, 0] = np.inf  # No DC component: the mean is set separately.
+  shape = (n, height, fx.shape[1])
+  spectrum = (rng.standard_normal(shape, np.float32)
+              + 1j * rng.standard_normal(shape, np.float32)) * freq**-alpha
+  fields = np.fft.irfft2(spectrum, s=(height, width)).astype(np.float32)
+  return fields / fields.std(axis=(1, 2), keepdims=True)
+
+
+def natural_image(rng: np.random.Generator, height: int, width: int
+                  ) -> np.ndarray:
+  """A uint8 RGB image with natural-image statistics (not a real scene).
+
+  Power-law luminance texture, smoother colour, a few flat-coloured textured
+  objects with sharp edges, and a little sensor noise. At JPEG quality 90 a
+  500x375 image is ~90-140 KB, like ImageNet's.
+  """
+  alpha = rng.uniform(0.85, 1.15)  # Lower: more fine detail, bigger files.
+  contrast = rng.uniform(35, 55)
+  texture = _power_law_fields(rng, 2, height, width, alpha)
+  colour = _power_law_fields(rng, 2, height, width, alpha + 0.8)
+  y = rng.uniform(90, 150) + contrast * texture[0]
+  cb = rng.normal(0, 12) + 18 * colour[0]
+  cr = rng.normal(0, 12) + 18 * colour[1]
+  for _ in range(rng.integers(2, 7)):  # Elliptic objects.
+    cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+    ry = rng.uniform(height / 12, height / 2.5)
+    rx = rng.uniform(width / 12, width / 2.5)
+    y0, y1 = int(max(cy - ry, 0)), int(min(cy + ry + 1, height))
+    x0, x1 = int(max(cx - rx, 0)), int(min(cx + rx + 1, width))
+    inside = (((np.arange(y0, y1, dtype=np.float32)[:, None] - cy) / ry)**2
+              + ((np.arange(x0, x1, dtype=np.float32)[None, :] - cx) / rx)**2
+              < 1)
+    window = np.s_[y0:y1, x0:x1]
+    y[window][inside] = (rng.uniform(30, 220) + contrast
+                         * rng.uniform(0.3, 1.5) * texture[1][window][inside])
+    cb[window][inside] = rng.normal(0, 30)
+    cr[window][inside] = rng.normal(0, 30)
+  y += rng.uniform(1, 4) * rng.standard_normal((height, width), np.float32)
+  rgb = np.stack([y, cb, cr], -1) @ _YCC_TO_RGB.T
+  return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+
+def _examples(split: str, n: int, seed: int, quality: int,
+              class_names: list[str], sizes: list[int]
+              ) -> Iterator[dict[str, Any]]:
+  """imagenet2012-style examples whose `image` is the JPEG bytes, as is."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+  for i in range(n):
+    height, width = _SHAPES[rng.choice(len(_SHAPES), p=_SHAPE_P)]
+    jpeg = tf.io.encode_jpeg(natural_image(rng, height, width),
+                             quality=quality).numpy()
+    sizes.append(len(jpeg))
+    label = int(rng.integers(0, len(class_names)))
+    if split == "train":
+      file_name = f"{class_names[label]}_{i}.JPEG"
+    else:
+      file_name = f"ILSVRC2012_val_{i + 1:08d}.JPEG"
+    # TFDS stores `bytes` for an Image feature unchanged (no re-encoding).
+    yield {"image": jpeg, "label": label, "file_name": file_name}
+
+
+def prepare_dataset(cache_dir: str, *, train_examples: int, val_examples: int,
+                    quality: int = 90, seed: int = 0,
+                    num_shards: int = 4) -> tuple[str, dict[str, Any]]:
+  """Writes (once) the generated imagenet2012 dataset; returns its data dir.
+
+  The TFDS data dir is a subdirectory of `cache_dir` named by the generation
+  parameters, so different sizes are cached side by side. Also returns
+  statistics of the JPEGs (mean bytes, generation time).
+  """
+  from big_vision_like.data import tfds_writer  # pylint: disable=g-import-not-at-top
+
+  if train_examples < 1 or val_examples < 1:
+    raise ValueError(f"Need at least one train and one validation example, "
+                     f"got {train_examples} and {val_examples}.")
+  if not 1 <= quality <= 100:
+    raise ValueError(f"--quality must be in [1, 100], got {quality}.")
+  name = (f"{DATASET}_v{_GENERATOR_VERSION}_t{train_examples}_"
+          f"v{val_examples}_q{quality}_s{seed}_sh{num_shards}")
+  data_dir = os.path.join(os.path.expanduser(cache_dir), name)
+  stats_path = os.path.join(data_dir, _STATS_FILE)
+  if os.path.exists(stats_path):
+    with open(stats_path) as f:
+      return data_dir, {**json.load(f), "cached": True}
+  # Write next to the final place, then rename: an interrupted run leaves no
+  # half-written dataset that a later run would take for a cached one.
+  os.makedirs(os.path.dirname(data_dir), exist_ok=True)
+  tmp_dir = tempfile.mkdtemp(prefix=name + ".tmp-",
+                             dir=os.path.dirname(data_dir))
+  info = tfds_writer.registered_builder_info(DATASET)
+  class_names = info.features["label"].names
+  sizes = {"train": [], "validation": []}
+  start = time.perf_counter()
+  tfds_writer.write_like_registered(DATASET, tmp_dir, {
+      "train": _examples("train", train_examples, seed, quality, class_names,
+                         sizes["train"]),
+      "validation": _examples("validation", val_examples, seed, quality,
+                              class_names, sizes["validation"]),
+  }, num_shards=num_shards)
+  all_sizes = sizes["train"] + sizes["validation"]
+  stats = {
+      "train_examples": train_examples, "val_examples": val_examples,
+      "quality": quality, "mean_jpeg_bytes": float(np.mean(all_sizes)),
+      "min_jpeg_bytes": int(np.min(all_sizes)),
+      "max_jpeg_bytes": int(np.max(all_sizes)),
+      "generate_s": time.perf_counter() - start,
+  }
+  with open(os.path.join(tmp_dir, _STATS_FILE), "w") as f:
+    json.dump(stats, f)
+  try:
+    os.rename(tmp_dir, data_dir)
+  except OSError:  # Another run finished the same dataset first: use it.
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    if not os.path.exists(stats_path):
+      raise
+  return data_dir, {**stats, "cached": False}
+
+
+# ------------------------------------------------------------ the phases
+
+
+def _peak_rss_mib() -> float:
+  # Linux reports ru_maxrss in KiB.
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _bare_dataset(data_dir: str, split: str, batch: int, *, repeat: bool):
+  """The bare limit: read, parse, decode_jpeg, resize, batch. Nothing else."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from big_vision_like.data import tfds_source  # pylint: disable=g-import-not-at-top
+
+  builder = tfds_source.get_builder(DATASET, data_dir)
+  files = [os.fspath(p) for p in builder.info.splits[split].filepaths]
+  features = {"image": tf.io.FixedLenFeature([], tf.string),
+              "label": tf.io.FixedLenFeature([], tf.int64)}
+
+  def decode(record):
+    example = tf.io.parse_single_example(record, features)
+    image = tf.io.decode_jpeg(example["image"], channels=3)
+    return {"image": tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE]),
+            "label": example["label"]}
+
+  ds = tf.data.TFRecordDataset(files)
+  if repeat:
+    ds = ds.repeat()
+  # Same parallelism and prefetch as the input pipeline's defaults.
+  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.batch(batch, drop_remainder=repeat).prefetch(2)
+
+
+def _time_stream(batches: Iterator[dict[str, np.ndarray]], warmup: int,
+                 count: int) -> tuple[float, int]:
+  """Seconds and images for `count` batches after `warmup` batches."""
+  for _ in range(warmup):
+    next(batches)
+  images = 0
+  start = time.perf_counter()
+  for _ in range(count):
+    images += len(next(batches)["image"])
+  return time.perf_counter() - start, images
+
+
+def _time_passes(iterable, warmup: int, passes: int) -> tuple[float, int]:
+  """Seconds and real (unpadded) images for `passes` full passes."""
+
+  def one_pass():
+    images = 0
+    for batch in iterable:
+      images += (int(batch["_mask"].sum()) if "_mask" in batch
+                 else len(batch["image"]))
+    return images
+
+  for _ in range(warmup):
+    one_pass()
+  images = 0
+  start = time.perf_counter()
+  for _ in range(passes):
+    images += one_pass()
+  return time.perf_counter() - start, images
+
+
+def run_phase(phase: str, data_dir: str, *, batch: int, warmup_batches: int,
+              batches: int, eval_passes: int, shuffle_buffer: int,
+              seed: int = 0) -> dict[str, Any]:
+  """Runs one phase in this process; returns its measurements."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from big_vision_like import registry  # pylint: disable=g-import-not-at-top
+  from big_vision_like.data import input_pipeline  # pylint: disable=g-import-not-at-top
+
+  if phase not in PHASES:
+    raise ValueError(f"Unknown phase {phase!r}; known: {sorted(PHASES)}.")
+  if phase == "train_randaug" and "randaug" not in registry.PP_OPS:
+    return {"missing": "randaug"}
+  rss_start = _peak_rss_mib()
+  out: dict[str, Any] = {}
+  if phase in ("bare_train", "train", "train_randaug"):
+    if phase == "bare_train":
+      stream = _bare_dataset(data_dir, "train", batch,
+                             repeat=True).as_numpy_iterator()
+    else:
+      stream = input_pipeline.make_train_iterator(
+          {"name": DATASET, "split": "train", "data_dir": data_dir},
+          PHASES[phase][1], batch, seed=seed,
+          shuffle_buffer_size=shuffle_buffer)
+      out["shuffle_buffer"] = shuffle_buffer
+    seconds, images = _time_stream(stream, warmup_batches, batches)
+  else:
+    if phase == "bare_eval":
+      iterable = _bare_dataset(data_dir, "validation", batch, repeat=False)
+    else:
+      # No cache: every pass decodes again, as on a real validation set.
+      iterable, _ = input_pipeline.make_eval_iterator(
+          {"name": DATASET, "split": "validation", "data_dir": data_dir},
+          EVAL_PP, batch, cache=False)
+    seconds, images = _time_passes(iterable, 1, eval_passes)
+  cores = len(os.sched_getaffinity(0))
+  out.update({
+      "images": images, "seconds": seconds, "img_per_sec": images / seconds,
+      "cores": cores, "img_per_sec_per_core": images / seconds / cores,
+      "rss_before_mib": rss_start, "peak_rss_mib": _peak_rss_mib(),
+      "tf_version": tf.__version__,
+  })
+  return out
+
+
+def _run_phase_subprocess(phase: str, args: argparse.Namespace
+                          ) -> dict[str, Any]:
+  command = [sys.executable, "-m", "big_vision_like.tools.benchmark_input",
+             "--phase", phase, "--data_dir", args.tfds_data_dir,
+             "--batch", str(args.batch),
+             "--warmup_batches", str(args.warmup_batches),
+             "--batches", str(args.batches),
+             "--eval_passes", str(args.eval_passes),
+             "--shuffle_buffer", str(args.shuffle_buffer),
+             "--seed", str(args.seed)]
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  proc = subprocess.run(command, capture_output=True, text=True, env=env,
+                        check=False)
+  for line in proc.stdout.splitlines():
+    if line.startswith(_RESULT_PREFIX):
+      return json.loads(line[len(_RESULT_PREFIX):])
+  raise RuntimeError(f"Phase {phase!r} failed (exit {proc.returncode}):\n"
+                     f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+
+
+# ------------------------------------------------------------ the report
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+  """The markdown table of all phases (ratios against their bare phase)."""
+  rows = ["| pipeline | pp | images | img/s | img/s/core | vs bare | target "
+          "| peak RSS |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for phase, (title, pp, bare, target) in PHASES.items():
+    r = results.get(phase)
+    if r is None:
+      continue
+    pp = pp.replace("|", "\\|")  # A literal `|` inside a table cell.
+    if "missing" in r:
+      rows.append(f"| {title} | `{pp}` | n/a (op missing: {r['missing']}) "
+                  f"| | | | | |")
+      continue
+    ratio, goal = "", ""
+    if bare and "img_per_sec" in results.get(bare, {}):
+      value = r["img_per_sec"] / results[bare]["img_per_sec"]
+      ratio = f"{value:.2f}"
+      if target:
+        goal = f">= {target} ({'met' if value >= target else 'MISSED'})"
+    rss = f"{r['peak_rss_mib']:,.0f} MiB"
+    if "shuffle_buffer" in r:
+      rss += f" (shuffle buffer {r['shuffle_buffer']:,})"
+    rows.append(f"| {title} | `{pp}` | {r['images']:,} | "
+                f"{r['img_per_sec']:,.1f} | {r['img_per_sec_per_core']:,.1f} | "
+                f"{ratio} | {goal} | {rss} |")
+  return "\n".join(rows)
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument(
+      "--data_dir", default=os.path.join(tempfile.gettempdir(),
+                                         "bvl_benchmark_input"),
+      help="cache dir for the generated dataset (reused across runs)")
+  parser.add_argument("--train_examples", type=int, default=2000)
+  parser.add_argument("--val_examples", type=int, default=500)
+  parser.add_argument("--quality", type=int, default=90)
+  parser.add_argument("--num_shards", type=int, default=4,
+                      help="TFRecord files per split")
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--warmup_batches", type=int, default=3,
+                      help="train phases: batches before timing")
+  parser.add_argument("--batches", type=int, default=10,
+                      help="train phases: timed batches")
+  parser.add_argument("--eval_passes", type=int, default=3,
+                      help="eval phases: timed passes over the validation "
+                           "split (after one warm-up pass)")
+  parser.add_argument("--shuffle_buffer", type=int, default=10_000)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--phases", default=",".join(PHASES),
+                      help=f"comma-separated subset of {', '.join(PHASES)}")
+  # Internal: run one phase on a prepared TFDS data dir and print JSON.
+  parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+  for flag in ("batch", "batches", "eval_passes", "shuffle_buffer"):
+    if getattr(args, flag) < 1:
+      parser_error = f"--{flag} must be >= 1, got {getattr(args, flag)}."
+      raise SystemExit(parser_error)
+  if args.phase:  # Child process: one phase.
+    result = run_phase(args.phase, args.data_dir, batch=args.batch,
+                       warmup_batches=args.warmup_batches,
+                       batches=args.batches, eval_passes=args.eval_passes,
+                       shuffle_buffer=args.shuffle_buffer, seed=args.seed)
+    print(_RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+  phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+  unknown = [p for p in phases if p not in PHASES]
+  if unknown or not phases:
+    raise SystemExit(f"--phases: unknown {unknown}; known: "
+                     f"{', '.join(PHASES)}.")
+  args.tfds_data_dir, stats = prepare_dataset(
+      args.data_dir, train_examples=args.train_examples,
+      val_examples=args.val_examples, quality=args.quality, seed=args.seed,
+      num_shards=args.num_shards)
+  print(f"dataset: {DATASET} features, {stats['train_examples']:,} train + "
+        f"{stats['val_examples']:,} validation JPEGs (quality "
+        f"{stats['quality']}), mean {stats['mean_jpeg_bytes'] / 1e3:.1f} KB "
+        f"(min {stats['min_jpeg_bytes'] / 1e3:.1f}, max "
+        f"{stats['max_jpeg_bytes'] / 1e3:.1f}); "
+        + ("cached" if stats["cached"] else
+           f"generated in {stats['generate_s']:.1f} s")
+        + f" in {args.tfds_data_dir}", flush=True)
+  results = {}
+  for phase in phases:
+    results[phase] = _run_phase_subprocess(phase, args)
+    r = results[phase]
+    print(f"  {phase}: " + ("n/a (op missing)" if "missing" in r else
+                            f"{r['img_per_sec']:.1f} img/s, peak RSS "
+                            f"{r['peak_rss_mib']:.0f} MiB"), flush=True)
+  cores = next((r["cores"] for r in results.values() if "cores" in r), None)
+  print(f"\nbatch {args.batch}; train: {args.warmup_batches} warm-up + "
+        f"{args.batches} timed batches; eval: 1 warm-up + {args.eval_passes} "
+        f"timed passes (no cache); {cores} cores "
+        f"(os.sched_getaffinity), num_parallel_calls=AUTOTUNE\n")
+  print(format_table(results))
+  buffered = min(args.shuffle_buffer, args.train_examples)
+  print(f"\nThe train shuffle buffer holds encoded records: "
+        f"{buffered:,} x {stats['mean_jpeg_bytes'] / 1e3:.0f} KB = "
+        f"{buffered * stats['mean_jpeg_bytes'] / 2**20:,.0f} MiB here "
+        f"(a full {args.shuffle_buffer:,}-record buffer: "
+        f"{args.shuffle_buffer * stats['mean_jpeg_bytes'] / 2**20:,.0f} MiB).")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
