@@ -43,7 +43,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   # The model's input shape is the training pp's output shape (read from the
   # pipeline's element spec; no example is preprocessed for it).
   spec = input_pipeline.make_train_iterator(
-      dict(config.input.data), config.input.pp, jax.process_count(), seed=0,
+      config.input.data, config.input.pp, jax.process_count(), seed=0,
       shuffle_buffer_size=1).element_spec["image"]
   image_shape = tuple(spec.shape[1:])
   if None in image_shape:
@@ -56,7 +56,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   evaluators = train_lib.make_evaluators(
       config, train_lib.make_predict_fn(model), mesh, data_axes, batch_size=batch_size,
       total_steps=step, num_train_examples=input_pipeline.train_examples(
-          dict(config.input.data)))
+          config.input.data))
   writer = metrics_lib.MetricWriter(workdir)
   results = train_lib.run_evals(evaluators, params, step, writer, final=True)
   writer.close()

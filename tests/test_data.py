@@ -194,8 +194,9 @@ def test_not_prepared_dataset_names_the_command(tmp_path):
   assert f"tfds build mnist --data_dir {data_dir}" in str(e.value)
   with pytest.raises(tfds_source.DatasetNotPreparedError) as e:
     tfds_source.get_builder("imagenet2012", data_dir)
-  assert (f"tfds build imagenet2012 --data_dir {data_dir} --manual_dir "
-          in str(e.value))
+  assert (f"python -m big_vision_like.data.prepare_imagenet --manual_dir "
+          f"DIR_WITH_ILSVRC_TARBALLS --data_dir {data_dir} --datasets "
+          f"imagenet2012" in str(e.value))
   assert "ILSVRC2012_img_train.tar" in str(e.value)
   with pytest.raises(tfds_source.DatasetNotPreparedError,
                      match="tfds build imagenet_v2/topimages --data_dir"):

@@ -194,7 +194,7 @@ def test_corrupt_images_fail_naming_each_file(tmp_path):
   for f in ("cat/noise.jpg", "dog/truncated.jpg", "dog/empty.png"):
     assert os.path.join(root, f) in message
   assert "ok.jpg" not in message
-  assert not os.path.exists(os.path.join(data_dir, "broken"))  # Nothing written.
+  assert not os.path.exists(os.path.join(data_dir, "broken"))  # Not written.
 
   with pytest.warns(image_folder.IgnoredFilesWarning, match="Skipped 3"):
     counts = image_folder.prepare_image_folder(root, "broken", data_dir,

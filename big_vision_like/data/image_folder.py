@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from big_vision_like.data import fashion_mnist
 from big_vision_like.data import tfds_writer
 
 MODULE = "big_vision_like.data.image_folder"
@@ -361,7 +362,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   data_dir = args.data_dir
   if data_dir is None:
-    from big_vision_like.data import fashion_mnist  # pylint: disable=g-import-not-at-top
     data_dir = fashion_mnist.default_data_dir()
   try:
     prepare_image_folder(args.src, args.name, data_dir,

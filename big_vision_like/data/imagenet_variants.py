@@ -29,6 +29,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from big_vision_like import registry
+from big_vision_like.data import imagenet_classes
 from big_vision_like.data import tfds_writer
 
 NUM_CLASSES = 1000
@@ -40,7 +41,7 @@ TRAIN_SPLIT = "train[:99%]"
 MINIVAL_SPLIT = "train[99%:]"
 
 # How a variant is prepared in a data dir.
-PREPARED_FROM_ILSVRC = "ilsvrc"  # python -m big_vision_like.data.prepare_imagenet
+PREPARED_FROM_ILSVRC = "ilsvrc"  # big_vision_like.data.prepare_imagenet
 PREPARED_BY_TFDS_BUILD = "tfds_build"  # tfds build NAME (downloads the data)
 
 
@@ -199,8 +200,7 @@ def _imagenet_file(relative: str) -> str:
 
 def class_wnids() -> list[str]:
   """The 1000 WordNet ids in TFDS label order (label i = wnids[i])."""
-  with tf.io.gfile.GFile(_imagenet_file("labels.txt")) as f:
-    return f.read().split()
+  return list(imagenet_classes.IMAGENET_WNIDS)
 
 
 def validation_wnids() -> list[str]:
@@ -211,14 +211,7 @@ def validation_wnids() -> list[str]:
 
 def subset_label_ids(class_subset: str) -> list[int]:
   """Label ids of a 200-class subset ("imagenet_a" / "imagenet_r")."""
-  try:
-    from big_vision_like.data import imagenet_classes  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    # PLACEHOLDER until imagenet_classes.py lands: 200 distinct ids, so the
-    # stand-ins have the right shape of label set (not the real classes).
-    offset = {"imagenet_a": 1, "imagenet_r": 3}[class_subset]
-    return list(range(offset, NUM_CLASSES, 5))
-  return [int(i) for i in imagenet_classes.subset_indices(class_subset)]
+  return imagenet_classes.subset_indices(class_subset)
 
 
 def smooth_jpeg(rng: np.random.Generator, size: int, quality: int = 90
@@ -270,8 +263,9 @@ def _imagenet2012(rng, n, split, size):
   if split == "train":
     for i in range(n):
       label = int(rng.integers(NUM_CLASSES))
+      number = 10 * i + int(rng.integers(10))  # Unique, not consecutive.
       yield {"image": smooth_jpeg(rng, size), "label": label,
-             "file_name": f"{wnids[label]}_{10 * i + int(rng.integers(10))}.JPEG"}
+             "file_name": f"{wnids[label]}_{number}.JPEG"}
   else:  # validation: the real label of each file name.
     val_wnids = validation_wnids()
     index = {w: k for k, w in enumerate(wnids)}

@@ -22,13 +22,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import inspect
 import os
 import re
 import sys
 import tarfile
 import tempfile
+import types
 from typing import Sequence
 
+from etils import epath
+import tensorflow_datasets as tfds
+
+from big_vision_like.data import fashion_mnist
 from big_vision_like.data import imagenet_variants
 
 MODULE = "big_vision_like.data.prepare_imagenet"
@@ -67,7 +73,6 @@ class ManualFile:
 
 def _checksums(dataset: str) -> dict[str, tuple[str, int, str]]:
   """file name -> (url, size, sha256) from a builder's checksums.tsv."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   path = tfds.core.tfds_path(os.path.join("datasets", dataset,
                                           "checksums.tsv"))
   rows = {}
@@ -161,7 +166,7 @@ def _check_val_tar(path: str) -> list[str]:
   anything else would silently give images the wrong labels.
   """
   with tarfile.open(path, mode="r:") as tar:
-    names = sorted(m.name for m in tar if m.isfile())
+    names = sorted(tar.getnames())  # Exactly what TFDS sorts and zips.
   if not names:
     return [f"{path} holds no files."]
   for position, name in enumerate(names, start=1):
@@ -262,10 +267,6 @@ def _offline_builder(dataset: str, data_dir: str):
   it does not install on Python >= 3.9. This subclass (same name, version,
   features and generation code) points at the builder's file directly.
   """
-  import inspect  # pylint: disable=g-import-not-at-top
-  import types  # pylint: disable=g-import-not-at-top
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   base = tfds.builder_cls(dataset)
   attrs = {"name": base.name,
            "code_path": epath.Path(inspect.getfile(base)),
@@ -286,39 +287,42 @@ def prepare(datasets: Sequence[str], manual_dir: str, data_dir: str, *,
             check_sizes: bool = True, log=print) -> dict[str, dict[str, int]]:
   """Prepares `datasets` into `data_dir`; returns dataset -> split counts.
 
-  Every needed file is checked before anything is written; datasets that
-  are already prepared in `data_dir` are left as they are.
+  Every file the datasets to prepare need is checked before anything is
+  written; datasets already prepared in `data_dir` are left as they are
+  (and need no files).
   """
   datasets = list(dict.fromkeys(datasets))  # Dedupe, keep order.
   for dataset in datasets:
     manual_files(dataset)  # Fails on names we do not prepare.
   manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
   data_dir = os.path.expanduser(data_dir)
-  if not os.path.isdir(manual_dir):
+  todo = []
+  for dataset in datasets:
+    builder = tfds.builder(dataset, data_dir=data_dir)
+    if builder.is_prepared():
+      log(f"{dataset}: already prepared in {builder.data_dir}")
+    else:
+      todo.append(dataset)
+  if todo and not os.path.isdir(manual_dir):
     raise MissingFilesError(
         f"--manual_dir {manual_dir} is not a directory. It must hold:\n"
-        + "\n".join(describe_needs(d, manual_dir) for d in datasets))
-  found = locate_files(datasets, manual_dir, real_json=real_json,
+        + "\n".join(describe_needs(d, manual_dir) for d in todo))
+  found = locate_files(todo, manual_dir, real_json=real_json,
                        multilabel_json=multilabel_json,
-                       check_sizes=check_sizes)
+                       check_sizes=check_sizes) if todo else {}
 
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  results = {}
   with tempfile.TemporaryDirectory(prefix="bvl_imagenet_manual_") as staging:
     _stage(found, staging)
     config = tfds.download.DownloadConfig(
         manual_dir=staging, try_download_gcs=False,
         compute_stats=tfds.download.ComputeStatsMode.SKIP)
-    for dataset in datasets:
-      builder = tfds.builder(dataset, data_dir=data_dir)
-      if builder.is_prepared():
-        log(f"{dataset}: already prepared in {builder.data_dir}")
-      else:
-        log(f"{dataset}: preparing into {builder.data_dir} ...")
-        _offline_builder(dataset, data_dir).download_and_prepare(
-            download_config=config)
-        builder = tfds.builder(dataset, data_dir=data_dir)
-      results[dataset] = _split_counts(builder)
+    for dataset in todo:
+      log(f"{dataset}: preparing into "
+          f"{tfds.builder(dataset, data_dir=data_dir).data_dir} ...")
+      _offline_builder(dataset, data_dir).download_and_prepare(
+          download_config=config)
+  results = {d: _split_counts(tfds.builder(d, data_dir=data_dir))
+             for d in datasets}
   for dataset, counts in results.items():
     log(f"{dataset}: " + ", ".join(f"{s}={n:,}" for s, n in counts.items()))
     if dataset == "imagenet2012" and "train" in counts:
@@ -364,7 +368,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                  f"variants: tfds build NAME --data_dir DIR).")
   data_dir = args.data_dir
   if data_dir is None:
-    from big_vision_like.data import fashion_mnist  # pylint: disable=g-import-not-at-top
     data_dir = fashion_mnist.default_data_dir()
   try:
     prepare(datasets, args.manual_dir, data_dir, real_json=args.real_json,

@@ -28,7 +28,7 @@ class DatasetNotPreparedError(FileNotFoundError):
 
 
 class UnknownDatasetError(ValueError):
-  """No TFDS builder has this name."""
+  """Neither a registered TFDS builder nor a dataset in the data dir."""
 
 
 def _base_name(name: str) -> str:

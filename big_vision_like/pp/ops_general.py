@@ -190,7 +190,8 @@ def get_pad_to_shape(shape: Any, pad_value: Any = 0, key: str = "label",
                        for i, d in enumerate(dims)]) if dims else actual
     check = tf.debugging.Assert(
         tf.reduce_all(actual <= wanted),
-        [f"pp op pad_to_shape: {key!r} has shape", actual,
+        # (Assert escapes quotes in its strings, so key= instead of repr.)
+        [f"pp op pad_to_shape: key={key} has shape", actual,
          f"which is larger than the wanted shape {dims}"])
     with tf.control_dependencies([check]):
       padded = tf.pad(value, tf.stack([tf.zeros_like(actual),
@@ -202,6 +203,7 @@ def get_pad_to_shape(shape: Any, pad_value: Any = 0, key: str = "label",
   return pad_to_shape
 
 
+_MAX_LABEL = 1_000_000
 # Named label maps of `map_label`: a 200-class subset of ImageNet-1k.
 _SUBSET_MAPS = {"imagenet_a": "imagenet_a", "imagenet_r": "imagenet_r",
                 "imagenet_a_to_1k": "imagenet_a",
@@ -239,6 +241,9 @@ def _label_table(mapping: Any) -> dict[int, int | None]:
     raise ValueError(f"map_label: old and new labels must be ints >= 0 (new "
                      f"may be None = unknown); bad entries (old, new): "
                      f"{bad[:5]}.")
+  if max(table) >= _MAX_LABEL:
+    raise ValueError(f"map_label: old labels must be < {_MAX_LABEL:,} (the "
+                     f"map is a dense table), got {max(table)}.")
   return table
 
 
@@ -290,8 +295,10 @@ def get_map_label(mapping: Any, key: str = "label",
     if unknown is None:
       check = tf.debugging.Assert(
           tf.reduce_all(has | padding),
-          [f"pp op map_label: {key!r} label(s) without an entry in {name}:",
-           tf.boolean_mask(ids, ~(has | padding))])
+          [f"pp op map_label: key={key} has label(s) without an entry in "
+           f"{name}:",
+           tf.boolean_mask(tf.reshape(ids, [-1]),
+                           tf.reshape(~(has | padding), [-1]))])
       with tf.control_dependencies([check]):
         mapped = tf.identity(mapped)
     fallback = tf.where(padding, ids, -1 if unknown is None else unknown)
