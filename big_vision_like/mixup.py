@@ -79,7 +79,7 @@ class Mixed(NamedTuple):
 
   `own[i] * labels[i] + partner[i] * labels[i - 1]` is the mixed label of
   example i. Mixup: own = lam, partner = 1 - lam. CutMix: partner = pasted
-  pixels / (H * W), own = 1 - partner. Unmixed: own = 1, partner = 0.
+  pixels / (H * W), own = kept pixels / (H * W). Unmixed: own = 1, partner = 0.
   """
   image: jax.Array
   labels: jax.Array
@@ -87,11 +87,13 @@ class Mixed(NamedTuple):
   partner: jax.Array
 
 
-def _number(value: Any, key: str, low: float, high: float) -> float:
-  if (isinstance(value, bool) or not isinstance(value, (int, float))
-      or not low <= value <= high):
-    raise config_lib.ConfigError(
-        f"config.mixup.{key} must be a number in [{low}, {high}], got {value!r}")
+def _number(value: Any, key: str, *, is_prob: bool) -> float:
+  """`value` as a float: a probability in [0, 1], or else a finite number >= 0."""
+  ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+        and math.isfinite(value) and 0 <= value and (value <= 1 or not is_prob))
+  if not ok:
+    want = "a probability in [0, 1]" if is_prob else "a finite number >= 0"
+    raise config_lib.ConfigError(f"config.mixup.{key} must be {want}, got {value!r}")
   return float(value)
 
 
@@ -109,10 +111,10 @@ def from_config(cfg: Mapping[str, Any] | None) -> MixupConfig | None:
   known = {f.name for f in dataclasses.fields(MixupConfig)}
   config_lib._check_keys(cfg, known, "config.mixup")  # pylint: disable=protected-access
   out = MixupConfig(
-      mixup_alpha=_number(cfg.get("mixup_alpha", 0.0), "mixup_alpha", 0, math.inf),
-      cutmix_alpha=_number(cfg.get("cutmix_alpha", 0.0), "cutmix_alpha", 0, math.inf),
-      switch_prob=_number(cfg.get("switch_prob", 0.5), "switch_prob", 0, 1),
-      prob=_number(cfg.get("prob", 1.0), "prob", 0, 1),
+      mixup_alpha=_number(cfg.get("mixup_alpha", 0.0), "mixup_alpha", is_prob=False),
+      cutmix_alpha=_number(cfg.get("cutmix_alpha", 0.0), "cutmix_alpha", is_prob=False),
+      switch_prob=_number(cfg.get("switch_prob", 0.5), "switch_prob", is_prob=True),
+      prob=_number(cfg.get("prob", 1.0), "prob", is_prob=True),
       mode=cfg.get("mode", "batch"))
   if out.mode not in MODES:
     raise config_lib.ConfigError(

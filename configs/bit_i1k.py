@@ -44,9 +44,10 @@ def get_config(arg=None):
   eval_pp = ("decode|resize_small(256)|central_crop(224)|value_range(-1, 1)"
              "|onehot(1000, key='label', key_result='labels')")
   config.evals = dict(
-      val=dict(type="classification", pp=eval_pp, log_steps=2500,
+      # cache=False: 50k decoded 224px images would need ~30 GB of host memory.
+      val=dict(type="classification", pp=eval_pp, log_steps=2500, cache=False,
                data=dict(name="imagenet2012", split="validation", data_dir=data_dir)),
-      minival=dict(type="classification", pp=eval_pp, log_steps=2500,
+      minival=dict(type="classification", pp=eval_pp, log_steps=2500, cache=False,
                    data=dict(name="imagenet2012", split="train[99%:]", data_dir=data_dir)),
   )
   if arg.runlocal:

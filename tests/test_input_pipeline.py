@@ -320,3 +320,29 @@ def test_two_real_processes_read_disjoint_shares_covering_the_split(small):
   # Eval: every test example exactly once over both processes.
   names = results[0]["test"] + results[1]["test"]
   assert sorted(names) == [f"test/img_{100 + i:03d}.jpg" for i in range(N)]
+
+
+# ------------------------------------------- the ImageNet recipe end to end
+
+
+def test_vit_i1k_runlocal_trains_on_a_small_imagenet(tmp_path):
+  """The real S/16 recipe's input (inception crop, flip, randaug, mixup) and
+  its val/minival evals, on a written imagenet2012 stand-in, shrunk model."""
+  from big_vision_like import train as train_lib
+  from big_vision_like.data import imagenet_variants
+  data_dir = str(tmp_path / "tfds")
+  imagenet_variants.write_small_variant(
+      "imagenet2012", data_dir, examples_per_split={"train": 200,
+                                                    "validation": 16},
+      image_size=64)
+  config = config_lib.load_config(f"configs/vit_i1k.py:runlocal,data_dir={data_dir}", [
+      "model.variant=Ti/16", "model.depth=1",
+      "total_steps=4", "ckpt_steps=4",
+      "evals.val.log_steps=4", "evals.minival.log_steps=4"])
+  assert "randaug(2, 10)" in config.input.pp and config.mixup.mixup_alpha > 0
+  result = train_lib.train(config, str(tmp_path / "run"))
+  assert result["step"] == 4
+  assert result["val/num_examples"] == 16
+  assert result["minival/num_examples"] == 2  # train[99%:] of 200
+  rows = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+  assert all(np.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)

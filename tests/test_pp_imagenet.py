@@ -147,21 +147,40 @@ def test_translate_shifts_whole_pixels_with_fill():
   np.testing.assert_array_equal(ra.translate(x, 9, 0), np.full_like(x, 128))
 
 
-def test_rotate_and_shear_known_cases():
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_rotate_and_shear_known_cases(interpolation):
   x = noise(5, 5)
   # Counter-clockwise as displayed, like np.rot90; 180 degrees on a
   # non-square image is a flip of both axes.
-  np.testing.assert_array_equal(ra.rotate(x, 90.0), np.rot90(x))
-  np.testing.assert_array_equal(ra.rotate(x, -90.0), np.rot90(x, -1))
+  np.testing.assert_array_equal(
+      ra.rotate(x, 90.0, interpolation=interpolation), np.rot90(x))
+  np.testing.assert_array_equal(
+      ra.rotate(x, -90.0, interpolation=interpolation), np.rot90(x, -1))
   y = noise(3, 6, rng_seed=1)
-  np.testing.assert_array_equal(ra.rotate(y, 180.0), y[::-1, ::-1])
-  np.testing.assert_array_equal(ra.rotate(y, 0.0), y)
+  np.testing.assert_array_equal(
+      ra.rotate(y, 180.0, interpolation=interpolation), y[::-1, ::-1])
+  np.testing.assert_array_equal(
+      ra.rotate(y, 0.0, interpolation=interpolation), y)
   # Shear 1: output (x, y) reads input (x + y, y), so row r moves left by r.
   z = np.arange(1, 10, dtype=np.uint8).reshape(3, 3, 1)
-  np.testing.assert_array_equal(ra.shear_x(z, 1.0)[..., 0],
-                                [[1, 2, 3], [5, 6, 128], [9, 128, 128]])
-  np.testing.assert_array_equal(ra.shear_y(z, 1.0)[..., 0],
-                                [[1, 5, 9], [4, 8, 128], [7, 128, 128]])
+  np.testing.assert_array_equal(
+      ra.shear_x(z, 1.0, interpolation=interpolation)[..., 0],
+      [[1, 2, 3], [5, 6, 128], [9, 128, 128]])
+  np.testing.assert_array_equal(
+      ra.shear_y(z, 1.0, interpolation=interpolation)[..., 0],
+      [[1, 5, 9], [4, 8, 128], [7, 128, 128]])
+
+
+def test_shear_by_a_fraction_of_a_pixel():
+  z = np.arange(1, 10, dtype=np.uint8).reshape(3, 3, 1)
+  # Shear 0.4: row 1 reads x + 0.4, row 2 reads x + 0.8 (fill 128 outside).
+  np.testing.assert_array_equal(ra.shear_x(z, 0.4)[..., 0],
+                                [[1, 2, 3], [4, 5, 6], [8, 9, 128]])
+  # Bilinear: 0.6 * 4 + 0.4 * 5 = 4.4 -> 4, 0.6 * 6 + 0.4 * 128 = 54.8 -> 55,
+  # 0.2 * 7 + 0.8 * 8 = 7.8 -> 8, 0.2 * 9 + 0.8 * 128 = 104.2 -> 104.
+  np.testing.assert_array_equal(
+      ra.shear_x(z, 0.4, interpolation="bilinear")[..., 0],
+      [[1, 2, 3], [4, 5, 55], [8, 9, 104]])
 
 
 def test_cutout_square_cut_at_the_borders():
@@ -182,43 +201,232 @@ def test_cutout_square_cut_at_the_borders():
 POSITIVE, NEGATIVE = tf.constant([0.7, 0.5, 0.5]), tf.constant([0.2, 0.5, 0.5])
 
 
-def test_magnitude_to_argument():
+def increasing(x, name, m, rand):
+  return ra.apply_op(x, name, m, rand, convention="increasing")
+
+
+def test_increasing_magnitude_to_argument():
   x = noise(20, 20, rng_seed=2)
   # m=30: 3 * 30 = 90 degrees, the sign from rand[0].
-  np.testing.assert_array_equal(ra.apply_op(x, "Rotate", 30, POSITIVE),
+  np.testing.assert_array_equal(increasing(x, "Rotate", 30, POSITIVE),
                                 np.rot90(x))
-  np.testing.assert_array_equal(ra.apply_op(x, "Rotate", 30, NEGATIVE),
+  np.testing.assert_array_equal(increasing(x, "Rotate", 30, NEGATIVE),
                                 np.rot90(x, -1))
   # m=10: 45% of the 20-pixel width = 9 pixels, right or left.
-  np.testing.assert_array_equal(ra.apply_op(x, "TranslateX", 10, POSITIVE),
+  np.testing.assert_array_equal(increasing(x, "TranslateX", 10, POSITIVE),
                                 ra.translate(x, 9, 0))
-  np.testing.assert_array_equal(ra.apply_op(x, "TranslateY", 10, NEGATIVE),
+  np.testing.assert_array_equal(increasing(x, "TranslateY", 10, NEGATIVE),
                                 ra.translate(x, 0, -9))
-  np.testing.assert_array_equal(ra.apply_op(x, "ShearX", 10, NEGATIVE),
+  np.testing.assert_array_equal(increasing(x, "ShearX", 10, NEGATIVE),
                                 ra.shear_x(x, -0.3))
-  np.testing.assert_array_equal(ra.apply_op(x, "Solarize", 5, POSITIVE),
+  np.testing.assert_array_equal(increasing(x, "Solarize", 5, POSITIVE),
                                 ra.solarize(x, 128))
-  np.testing.assert_array_equal(ra.apply_op(x, "Solarize", 10, POSITIVE),
+  np.testing.assert_array_equal(increasing(x, "Solarize", 10, POSITIVE),
                                 255 - x)
-  np.testing.assert_array_equal(ra.apply_op(x, "Posterize", 10, POSITIVE),
+  np.testing.assert_array_equal(increasing(x, "Posterize", 10, POSITIVE),
                                 ra.posterize(x, 4))
-  np.testing.assert_array_equal(ra.apply_op(x, "Posterize", 30, POSITIVE),
+  np.testing.assert_array_equal(increasing(x, "Posterize", 30, POSITIVE),
                                 ra.posterize(x, 1))
-  np.testing.assert_array_equal(ra.apply_op(x, "Brightness", 10, POSITIVE),
+  np.testing.assert_array_equal(increasing(x, "Brightness", 10, POSITIVE),
                                 ra.brightness(x, 1.9))
-  np.testing.assert_array_equal(ra.apply_op(x, "Contrast", 10, NEGATIVE),
+  np.testing.assert_array_equal(increasing(x, "Contrast", 10, NEGATIVE),
                                 ra.contrast(x, 0.1))
   # Factors never go below 0: 1 - 0.09 * 20 -> 0.
-  np.testing.assert_array_equal(ra.apply_op(x, "Color", 20, NEGATIVE),
+  np.testing.assert_array_equal(increasing(x, "Color", 20, NEGATIVE),
                                 ra.color(x, 0.0))
-  np.testing.assert_array_equal(ra.apply_op(x, "SolarizeAdd", 10, POSITIVE),
+  np.testing.assert_array_equal(increasing(x, "SolarizeAdd", 10, POSITIVE),
                                 ra.solarize_add(x, 110))
+
+
+def test_autoaugment_geometric_magnitudes():
+  # level = m / 10: Rotate 30 level degrees, Shear 0.3 level, both +-.
+  x = noise(20, 20, rng_seed=2)
+  np.testing.assert_array_equal(ra.apply_op(x, "Rotate", 30, POSITIVE),
+                                np.rot90(x))  # 30 * 3 = 90 degrees.
+  np.testing.assert_array_equal(ra.apply_op(x, "Rotate", 30, NEGATIVE),
+                                np.rot90(x, -1))
+  np.testing.assert_array_equal(ra.apply_op(x, "Rotate", 10, POSITIVE),
+                                ra.rotate(x, 30.0))
+  rotated = ra.apply_op(x, "Rotate", 15, NEGATIVE)
+  np.testing.assert_array_equal(rotated, ra.rotate(x, -45.0))
+  assert not np.array_equal(rotated, ra.rotate(x, -30.0))
+  np.testing.assert_array_equal(ra.apply_op(x, "ShearX", 10, POSITIVE),
+                                ra.shear_x(x, 0.3))
+  sheared = ra.apply_op(x, "ShearY", 15, NEGATIVE)
+  np.testing.assert_array_equal(sheared, ra.shear_y(x, -0.45))
+  assert not np.array_equal(sheared, ra.shear_y(x, -0.3))
+
+
+def test_autoaugment_translate_is_100_pixels_per_level():
+  # Values < 100, so the fill (128) is recognisable.
+  wide = noise(6, 170, hi=100)
+  out = ra.apply_op(wide, "TranslateX", 15, POSITIVE).numpy()  # +150 px.
+  np.testing.assert_array_equal(out[:, 150:], wide[:, :20])
+  np.testing.assert_array_equal(out[:, :150], 128)
+  out = ra.apply_op(wide, "TranslateX", 10, NEGATIVE).numpy()  # -100 px.
+  np.testing.assert_array_equal(out[:, :70], wide[:, 100:])
+  np.testing.assert_array_equal(out[:, 70:], 128)
+  tall = noise(170, 6, hi=100)
+  out = ra.apply_op(tall, "TranslateY", 15, NEGATIVE).numpy()  # Up 150 px.
+  np.testing.assert_array_equal(out[:20], tall[150:])
+  np.testing.assert_array_equal(out[20:], 128)
+  # Whatever the image size: 100 px move all of a 90-pixel image out.
+  np.testing.assert_array_equal(
+      ra.apply_op(noise(90, 90), "TranslateY", 10, POSITIVE), 128)
+
+
+def test_autoaugment_cutout_is_40_pixels_per_level_each_side():
+  x = noise(200, 240, hi=100)
+
+  def filled(m, rand):
+    out = ra.apply_op(x, "Cutout", m, rand).numpy()
+    mask = np.all(out == 128, axis=-1)
+    np.testing.assert_array_equal(out[~mask], x[~mask])
+    return mask
+
+  def square(top, bottom, left, right):
+    mask = np.zeros((200, 240), bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
+  # Centre (int(0.5 * 200), int(0.5 * 240)) = (100, 120); half-size
+  # int(1.5 * 40) = 60 at m=15, 40 at m=10.
+  np.testing.assert_array_equal(filled(15, POSITIVE),
+                                square(40, 160, 60, 180))
+  np.testing.assert_array_equal(filled(10, POSITIVE),
+                                square(60, 140, 80, 160))
+  # Centre (50, 180): the 80 x 80 square is cut at the right border.
+  np.testing.assert_array_equal(filled(10, tf.constant([0.7, 0.25, 0.75])),
+                                square(10, 90, 140, 220))
+  # m=30: half-size 120 covers the whole image from its centre.
+  assert filled(30, POSITIVE).all()
+
+
+def test_autoaugment_pixel_magnitudes():
+  def op(name, m, values):
+    return ra.apply_op(column(values), name, m, POSITIVE).numpy()[0, :, 0]
+
+  # Solarize inverts x >= int(level * 256): 128 at m=5, 256 (none) at
+  # m=10, 384 (none) at m=15, 0 (all) at m=0.
+  x = [0, 99, 127, 128, 200, 255]
+  np.testing.assert_array_equal(op("Solarize", 5, x),
+                                [0, 99, 127, 127, 55, 0])
+  np.testing.assert_array_equal(op("Solarize", 10, x), x)
+  np.testing.assert_array_equal(op("Solarize", 15, x), x)
+  np.testing.assert_array_equal(op("Solarize", 0, x), 255 - np.array(x))
+  # SolarizeAdd adds int(level * 110) to x < 128: 110 at m=10, 165 at m=15.
+  y = [0, 100, 127, 128, 200]
+  np.testing.assert_array_equal(op("SolarizeAdd", 10, y),
+                                [110, 210, 237, 128, 200])
+  np.testing.assert_array_equal(op("SolarizeAdd", 15, y),
+                                [165, 255, 255, 128, 200])
+  # Posterize keeps int(level * 4) bits: 4 at m=10, 6 at m=15, 2 at m=7
+  # (int(2.8)); 0 bits keeps 1 (as TF's clamped shift), >= 8 keeps all.
+  z = [0b10110111, 255, 15, 64]
+  np.testing.assert_array_equal(op("Posterize", 10, z),
+                                [0b10110000, 0b11110000, 0, 64])
+  np.testing.assert_array_equal(op("Posterize", 15, z),
+                                [0b10110100, 0b11111100, 0b1100, 64])
+  np.testing.assert_array_equal(op("Posterize", 7, z),
+                                [0b10000000, 0b11000000, 0, 64])
+  np.testing.assert_array_equal(op("Posterize", 0, z), [128, 128, 0, 0])
+  np.testing.assert_array_equal(op("Posterize", 20, z), z)
+  np.testing.assert_array_equal(op("Posterize", 30, z), z)
+
+
+def test_autoaugment_enhance_factor_has_no_sign():
+  # Factor level * 1.8 + 0.1: 1.9 at m=10, 2.8 at m=15, 1 at m=5, 0.1 at 0.
+  for rand in (POSITIVE, NEGATIVE):
+    def op(name, m, x):
+      return ra.apply_op(x, name, m, rand).numpy()
+
+    b = column([10, 100, 200])
+    np.testing.assert_array_equal(op("Brightness", 10, b)[0, :, 0],
+                                  [19, 190, 255])
+    np.testing.assert_array_equal(op("Brightness", 15, b)[0, :, 0],
+                                  [28, 255, 255])
+    np.testing.assert_array_equal(op("Brightness", 0, b)[0, :, 0],
+                                  [1, 10, 20])
+    np.testing.assert_array_equal(op("Brightness", 5, b), b)
+    c = tf.constant([[[50], [100]], [[150], [100]]], tf.uint8)  # Mean 100.
+    # 100 -+ 1.9 * 50 = 5, 195; 100 -+ 2.8 * 50 = -40 -> 0, 240.
+    np.testing.assert_array_equal(op("Contrast", 10, c)[..., 0],
+                                  [[5, 100], [195, 100]])
+    np.testing.assert_array_equal(op("Contrast", 15, c)[..., 0],
+                                  [[0, 100], [240, 100]])
+    x = noise(12, 10, rng_seed=6)
+    np.testing.assert_array_equal(op("Color", 10, x), ra.color(x, 1.9))
+    np.testing.assert_array_equal(op("Sharpness", 15, x),
+                                  ra.sharpness(x, 2.8))
+
+
+def test_autoaugment_default_ops_and_full_pipeline():
+  names = ra.DEFAULT_OPS["autoaugment"]
+  assert len(names) == 16 and len(set(names)) == 16
+  assert set(names) == set(ra.ALL_OPS) - {"Identity"}
+  assert len(ra.DEFAULT_OPS["increasing"]) == 14
+  assert "Identity" in ra.DEFAULT_OPS["increasing"]
+  # `randaug(2, 15)` is two layers of ops drawn from the 16, each mapped
+  # by the autoaugment convention.
+  fn = get_preprocess_fn("randaug(2, 15)")
+  image = noise(32, 48, lo=40, hi=200)
+  for s in range(6):
+    indices, rands = ra.layer_draws(
+        tf.random.experimental.stateless_fold_in(seed(s), 0), 2, 16)
+    expected = image
+    for i in range(2):
+      expected = ra.apply_op(expected, names[int(indices[i])], 15, rands[i],
+                             convention="autoaugment")
+    np.testing.assert_array_equal(
+        fn({"image": image, "_seed": seed(s)})["image"], expected)
+
+
+def test_autoaugment_layers_always_apply_their_op():
+  # The TF RandAugment code draws a probability per op but never uses it:
+  # the drawn op always runs. With image values in [40, 200), every one of
+  # the 16 ops but Solarize (a no-op at m=15) changes the image, so an
+  # output is unchanged exactly when Solarize was drawn (1/16 of the seeds;
+  # an apply probability of 0.5 would leave about half unchanged).
+  image = tf.constant(noise(16, 16, lo=40, hi=200))
+  fn = get_preprocess_fn("randaug(1, 15)")
+  ds = tf.data.Dataset.range(160).map(lambda s: fn(
+      {"image": image, "_seed": tf.stack([s, tf.zeros([], tf.int64)])}))
+  unchanged = [np.array_equal(x["image"], image)
+               for x in ds.as_numpy_iterator()]
+  solarize = ra.DEFAULT_OPS["autoaugment"].index("Solarize")
+  drawn = [int(ra.layer_draws(tf.random.experimental.stateless_fold_in(
+      seed(s), 0), 1, 16)[0][0]) == solarize for s in range(160)]
+  assert unchanged == drawn
+  assert 3 <= sum(unchanged) <= 25
+  # Invert twice per example, for every seed: always the identity.
+  fn = get_preprocess_fn("randaug(2, 15, ops=('Invert',))")
+  for s in range(20):
+    np.testing.assert_array_equal(
+        fn({"image": image, "_seed": seed(s)})["image"], image)
+
+
+def test_both_conventions_are_selectable():
+  x = noise(10, 12, lo=40, hi=200)
+  run_ = lambda pp: run(pp, {"image": x, "_seed": seed(3)})["image"]
+  # Solarize at m=15: a no-op for AutoAugment, "invert all" when increasing.
+  np.testing.assert_array_equal(run_("randaug(1, 15, ops=('Solarize',))"), x)
+  np.testing.assert_array_equal(
+      run_("randaug(1, 15, convention='autoaugment', ops=('Solarize',))"), x)
+  np.testing.assert_array_equal(
+      run_("randaug(1, 15, 'increasing', ops=('Solarize',))"), 255 - x)
+  # Posterize at m=15: 6 bits kept vs 8 - round(6) = 2.
+  np.testing.assert_array_equal(
+      run_("randaug(1, 15, ops=('Posterize',))"), x & 0b11111100)
+  np.testing.assert_array_equal(
+      run_("randaug(1, 15, convention='increasing', ops=('Posterize',))"),
+      x & 0b11000000)
 
 
 def test_magnitude_zero_is_the_identity_for_the_parametric_ops():
   ops = tuple(n for n in ra.ALL_OPS
               if n not in ("AutoContrast", "Equalize", "Invert"))
-  fn = get_preprocess_fn(f"randaug(3, 0, ops={ops!r})")
+  fn = get_preprocess_fn(
+      f"randaug(3, 0, convention='increasing', ops={ops!r})")
   image = noise(17, 23)
   for s in range(15):
     np.testing.assert_array_equal(
@@ -231,9 +439,12 @@ def test_num_layers_zero_is_the_identity():
   np.testing.assert_array_equal(out["image"], image)
 
 
-def test_randaug_is_a_function_of_the_seed():
-  fn = get_preprocess_fn("randaug(2, 15)")
-  image = noise(24, 32, lo=30, hi=220)
+@pytest.mark.parametrize("convention", ["autoaugment", "increasing"])
+def test_randaug_is_a_function_of_the_seed(convention):
+  fn = get_preprocess_fn(f"randaug(2, 15, {convention!r})")
+  # Large enough that AutoAugment's 150-pixel translations and 120-pixel
+  # cutouts leave part of the image (on a tiny image they all give gray).
+  image = noise(160, 200, lo=30, hi=220)
   a = fn({"image": image, "_seed": seed(7, 1)})["image"].numpy()
   b = fn({"image": image, "_seed": seed(7, 1)})["image"].numpy()
   np.testing.assert_array_equal(a, b)
@@ -243,8 +454,15 @@ def test_randaug_is_a_function_of_the_seed():
   assert sum(o != image.tobytes() for o in outs) >= 27
 
 
-def test_every_op_is_drawn_and_forcing_an_op_applies_it():
-  n = len(ra.DEFAULT_OPS)
+# The ops that leave an image unchanged at m=10, per convention: at level 1,
+# AutoAugment's Solarize threshold is 256.
+NO_OPS_AT_10 = {"increasing": {"Identity"},
+                "autoaugment": {"Identity", "Solarize"}}
+
+
+@pytest.mark.parametrize("convention", ["autoaugment", "increasing"])
+def test_every_op_is_drawn_and_forcing_an_op_applies_it(convention):
+  n = len(ra.DEFAULT_OPS[convention])
   counts = np.zeros(n, int)
   for s in range(300):
     indices, _ = ra.layer_draws(seed(s, 3), 2, n)
@@ -255,14 +473,31 @@ def test_every_op_is_drawn_and_forcing_an_op_applies_it():
   # Equalize does too.
   image = noise(40, 30, lo=40, hi=200)
   for name in ra.ALL_OPS:
-    out = run(f"randaug(1, 10, ops=({name!r},))",
+    out = run(f"randaug(1, 10, {convention!r}, ops=({name!r},))",
               {"image": image, "_seed": seed(5)})["image"]
     _, rands = ra.layer_draws(tf.random.experimental.stateless_fold_in(
         seed(5), 0), 1, 1)  # The builder folds in the op's position, 0.
     np.testing.assert_array_equal(
-        out, ra.apply_op(image, name, 10, rands[0]), err_msg=name)
+        out, ra.apply_op(image, name, 10, rands[0], convention=convention),
+        err_msg=name)
     assert out.shape == image.shape and out.dtype == np.uint8
-    assert (name == "Identity") == np.array_equal(out, image), name
+    assert (name in NO_OPS_AT_10[convention]) == np.array_equal(
+        out, image), name
+
+
+def test_randaug_bilinear_option_reaches_the_geometric_ops():
+  image = noise(20, 30)
+  for name in ("Rotate", "ShearX", "ShearY"):
+    nearest = run(f"randaug(1, 10, ops=({name!r},))",
+                  {"image": image, "_seed": seed(2)})["image"]
+    bilinear = run(f"randaug(1, 10, ops=({name!r},), interpolation='bilinear')",
+                   {"image": image, "_seed": seed(2)})["image"]
+    _, rands = ra.layer_draws(tf.random.experimental.stateless_fold_in(
+        seed(2), 0), 1, 1)
+    np.testing.assert_array_equal(
+        bilinear, ra.apply_op(image, name, 10, rands[0],
+                              interpolation="bilinear"))
+    assert not np.array_equal(nearest, bilinear), name
 
 
 def test_randaug_in_tf_data_with_unknown_shapes():
@@ -304,6 +539,11 @@ def test_randaug_grayscale_and_static_shape():
      ["unknown op(s) ['Rotation']", "'ShearX'"]),
     ("randaug(2, 9, ops=())", ["at least one op"]),
     ("randaug(fill=300)", ["fill must be an int in [0, 255]"]),
+    ("randaug(interpolation='cubic')", ["interpolation must be one of"]),
+    ("randaug(2, 15, convention='timm')",
+     ["convention must be one of ('autoaugment', 'increasing')", "'timm'"]),
+    ("randaug(2, 15, ('Rotate',))", ["convention must be one of",
+                                     "('Rotate',)"]),
 ])
 def test_randaug_bad_arguments(pp, fragments):
   with pytest.raises(PPError) as e:
@@ -567,8 +807,8 @@ def test_standard_imagenet_train_pipeline():
         "value_range(-1, 1)|onehot(1000)")
   jpeg = tf.io.encode_jpeg(noise(40, 56))
   fn = get_preprocess_fn(pp)
-  ds = tf.data.Dataset.range(4).map(
-      lambda i: fn({"image": jpeg, "label": i * 100, "_seed": tf.stack([i, i])}))
+  ds = tf.data.Dataset.range(4).map(lambda i: fn(
+      {"image": jpeg, "label": i * 100, "_seed": tf.stack([i, i])}))
   for i, x in enumerate(ds.as_numpy_iterator()):
     assert set(x) == {"image", "label"}
     assert x["image"].shape == (32, 32, 3) and x["image"].dtype == np.float32

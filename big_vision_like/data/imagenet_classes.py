@@ -77,7 +77,8 @@ def class_names() -> tuple[str, ...]:
   dataset (same class order). Fails clearly if that copy is not there.
   """
   try:
-    from tensorflow_datasets.datasets.siscore import labels  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from tensorflow_datasets.datasets.siscore import labels
     names = tuple(labels.IMAGENET_LABELS_LIST)
   except (ImportError, AttributeError) as e:
     raise RuntimeError(
