@@ -62,7 +62,8 @@ def test_end_to_end_table_has_every_phase_with_sane_numbers(tiny_run):
     assert img_s > 0 and cpu_ms > 0, cells
     assert per_core == pytest.approx(img_s / len(os.sched_getaffinity(0)),
                                      rel=0.01)
-    assert _number(cells[9]) > 100, cells  # Peak RSS in MiB (TF alone > 100).
+    assert 0 < _number(cells[9]) <= 1.1 * len(os.sched_getaffinity(0))
+    assert _number(cells[10]) > 100, cells  # Peak RSS MiB (TF alone > 100).
     if spec.bare:  # Ratios against the bare row of the same split.
       bare = _row(table, bi.PHASES[spec.bare].title)
       assert _number(cells[5]) == pytest.approx(
@@ -73,7 +74,8 @@ def test_end_to_end_table_has_every_phase_with_sane_numbers(tiny_run):
       assert cells[5] == cells[8] == ""
     if spec.target:
       assert re.fullmatch(rf">= {spec.target} \((met|MISSED)\)", cells[6])
-  assert "(shuffle buffer 10,000)" in _row(table, bi.PHASES["train"].title)[9]
+  assert "(shuffle buffer 10,000)" in _row(table,
+                                           bi.PHASES["train"].title)[10]
 
 
 def test_generated_dataset_is_real_tfds_with_jpeg_bytes_stored_as_is(tiny_run):
@@ -119,7 +121,7 @@ def test_natural_image_statistics():
   x = image.astype(np.float64)
   assert x.std() > 20 and x.max() - x.min() > 150
   corr = np.corrcoef(x[:, :-1].ravel(), x[:, 1:].ravel())[0, 1]
-  assert corr > 0.8, corr
+  assert corr > 0.6, corr  # 0.75-0.93 over seeds; white noise: ~0.
 
 
 def test_format_table_ratios_targets_and_missing_op():
@@ -129,19 +131,21 @@ def test_format_table_ratios_targets_and_missing_op():
             **extra}
   table = bi.format_table({
       "bare_train": result(200.0, 2.0),
-      "train": result(170.0, 2.5, shuffle_buffer=10_000),
+      "train": result(160.0, 2.5, shuffle_buffer=10_000),
       "train_randaug": {"missing": "randaug"},
       "bare_eval": result(100.0, 2.0),
       "eval": result(80.0, 4.0),
   })
   train = _row(table, "ours: make_train_iterator")
-  assert train[2:] == ["100", "170.0", "85.0", "0.85", ">= 0.8 (met)", "2.50",
-                       "0.80", "1,000 MiB (shuffle buffer 10,000)"]
+  # 160 / 200 is exactly the target: met.
+  assert train[2:] == ["100", "160.0", "80.0", "0.80", ">= 0.8 (met)", "2.50",
+                       "0.80", "0.40", "1,000 MiB (shuffle buffer 10,000)"]
   assert train[1] == ("`decode_jpeg_and_inception_crop(224)\\|flip_lr\\|"
                       "value_range(-1, 1)\\|onehot(1000)`")
   evaluation = _row(table, "ours: make_eval_iterator")
-  assert evaluation[5:9] == ["0.80", ">= 0.9 (MISSED)", "4.00", "0.50"]
+  assert evaluation[5:10] == ["0.80", ">= 0.9 (MISSED)", "4.00", "0.50",
+                              "0.32"]
   randaug = _row(table, "ours: make_train_iterator + randaug")
   assert randaug[2] == "n/a (op missing: randaug)"
-  assert randaug[3:] == [""] * 7
+  assert randaug[3:] == [""] * 8
   assert "bare, eval's work" not in table  # Phases not run are left out.

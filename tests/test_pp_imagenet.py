@@ -814,3 +814,33 @@ def test_standard_imagenet_train_pipeline():
     assert x["image"].shape == (32, 32, 3) and x["image"].dtype == np.float32
     assert -1 <= x["image"].min() and x["image"].max() <= 1
     assert x["label"].shape == (1000,) and x["label"][i * 100] == 1
+
+
+# ------------------------------------------- decode_jpeg_and_central_crop
+
+
+def test_decode_jpeg_and_central_crop_takes_the_central_square():
+  rng = np.random.default_rng(0)
+  # Smooth content, so JPEG's crop decode matches a full decode closely.
+  small = rng.integers(0, 256, (12, 16, 3)).astype(np.float32)
+  image = tf.cast(tf.image.resize(small, (375, 500)), tf.uint8).numpy()
+  encoded = tf.io.encode_jpeg(image, quality=95)
+  fn = get_preprocess_fn("decode_jpeg_and_central_crop(224)")
+  got = fn({"image": encoded})["image"]
+  assert got.shape == (224, 224, 3) and got.dtype == tf.uint8
+  # Shorter side 375 -> crop side round(0.875 * 375) = 328 at (23, 86).
+  full = tf.io.decode_jpeg(encoded).numpy()
+  want = tf.image.resize(full[23:351, 86:414].astype(np.float32), (224, 224))
+  diff = np.abs(got.numpy().astype(np.float32) - want.numpy())
+  assert diff.mean() < 0.5 and diff.max() <= 4
+  # A window one pixel off would be visibly different.
+  off = tf.image.resize(full[24:352, 86:414].astype(np.float32), (224, 224))
+  assert np.abs(got.numpy() - off.numpy()).mean() > diff.mean()
+
+
+def test_decode_jpeg_and_central_crop_errors():
+  with pytest.raises(PPError, match="crop_fraction must be in"):
+    get_preprocess_fn("decode_jpeg_and_central_crop(224, 1.5)")
+  fn = get_preprocess_fn("decode_jpeg_and_central_crop(8)")
+  with pytest.raises(PPError, match="must hold JPEG bytes"):
+    fn({"image": tf.zeros([10, 10, 3], tf.uint8)})

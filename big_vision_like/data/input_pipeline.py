@@ -55,7 +55,8 @@ MASK_KEY = "_mask"
 FILE_NAME_KEY = "file_name"
 SKIPPED_KEY = "_skipped"  # Cumulative dropped records (skip_corrupt=True).
 # Ops that need the encoded bytes instead of a decoded image.
-_NEEDS_BYTES_OPS = ("decode_jpeg_and_inception_crop",)
+_NEEDS_BYTES_OPS = ("decode_jpeg_and_inception_crop",
+                    "decode_jpeg_and_central_crop")
 _SHUFFLE_SALT = 0x5EED  # Keeps the shuffle seeds apart from the pp seeds.
 _SOURCE_KEYS = {"name", "split", "data_dir", "weight", "pp"}
 _MAX_REPORTED = 5  # Bad records named in one error message.

@@ -112,13 +112,11 @@ def get_onehot(depth: int, key: str = "label", key_result: str | None = None,
     labels = tf.cast(labels, tf.int32)
     as_multi_hot = multi and labels.shape.rank >= 1
     lowest = -tf.int32.max if as_multi_hot else 0  # Multi-hot: <0 = padding.
-    checks = [
-        tf.debugging.assert_less(
-            labels, depth, message=f"pp op onehot: a {key!r} label >= {depth}"),
-        tf.debugging.assert_greater_equal(
-            labels, lowest, message=f"pp op onehot: a {key!r} label is < 0"),
-    ]
-    with tf.control_dependencies(checks):
+    # One check (not two assert ops): this runs per example on the hot path.
+    in_range = tf.reduce_all((labels < depth) & (labels >= lowest))
+    check = tf.debugging.Assert(in_range, [
+        f"pp op onehot: a {key!r} label is outside [0, {depth}):", labels])
+    with tf.control_dependencies([check]):
       labels = tf.identity(labels)
     if as_multi_hot:
       # -1 padding gives an all-zero one-hot row, so it drops out of the max.

@@ -289,6 +289,50 @@ def get_decode_jpeg_and_inception_crop(
   return decode_jpeg_and_inception_crop
 
 
+@PP_OPS.register("decode_jpeg_and_central_crop")
+def get_decode_jpeg_and_central_crop(
+    size: int | Sequence[int], crop_fraction: float = 0.875,
+    method: str = "bilinear", key: str = "image"
+) -> Callable[[Example], Example]:
+  """The standard ImageNet eval crop, decoding only the crop of a JPEG.
+
+  Takes the central square whose side is `crop_fraction` of the shorter image
+  side (0.875 = 224/256), decodes just that window and resizes it to `size`.
+  This is the same view as `decode|resize_small(256)|central_crop(224)` (it
+  crops before resizing instead of after, so pixels differ by interpolation
+  only) and avoids decoding and resizing the pixels that are thrown away.
+  Needs JPEG bytes (the input pipeline keeps images encoded for this op);
+  output is uint8 RGB.
+  """
+  op = "decode_jpeg_and_central_crop"
+  hw = _hw(size, op)
+  if not 0 < crop_fraction <= 1:
+    raise ValueError(f"{op}: crop_fraction must be in (0, 1], got "
+                     f"{crop_fraction!r}.")
+  _check_method(method, op)
+
+  def decode_jpeg_and_central_crop(data):
+    if key not in data:
+      raise ValueError(f"{op}: no key {key!r} in the example.")
+    encoded = tf.convert_to_tensor(data[key])
+    if encoded.dtype != tf.string:
+      raise ValueError(f"{op}: {key!r} must hold JPEG bytes, got "
+                       f"{encoded.dtype.name} (use `decode|resize_small|"
+                       f"central_crop` on decoded images).")
+    shape = tf.image.extract_jpeg_shape(encoded)
+    h, w = shape[0], shape[1]
+    side = tf.cast(tf.round(crop_fraction * tf.cast(tf.minimum(h, w),
+                                                    tf.float32)), tf.int32)
+    side = tf.maximum(side, 1)
+    window = tf.stack([(h - side) // 2, (w - side) // 2, side, side])
+    crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+    crop.set_shape([None, None, 3])
+    crop = _resize(crop, hw, method)
+    crop.set_shape([hw[0], hw[1], 3])
+    return {**data, key: crop}
+  return decode_jpeg_and_central_crop
+
+
 @PP_OPS.register("flip_lr")
 @random_op
 def get_flip_lr(key: str = "image") -> Callable[[Example], Example]:

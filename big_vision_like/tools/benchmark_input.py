@@ -22,10 +22,14 @@ Two more bare rows do, in plain TF, the minimal work of our pipelines
 crop 224): their ratio to the bare limit is the ceiling for ours.
 
 Every phase runs in a fresh subprocess, so its peak RSS is its own and no
-tf.data state or Python heap of another phase carries over. Prints a
-markdown table: images/s, images/s/core, the ratio to the bare limit on the
-same split, CPU time per image (all threads of the process: on a shared
-machine the steadier measure of cost) and its ratio, and peak RSS.
+tf.data state or Python heap of another phase carries over. Train phases
+time batches after a warm-up (within the first epoch by default); eval
+phases time whole passes over the validation split, without the iterator's
+teardown. Prints a markdown table: images/s, images/s/core, the ratio to the
+bare limit on the same split, CPU time per image (all threads of the
+process: on a shared machine the steadier measure of cost) and its ratio,
+the cores the phase kept busy, and peak RSS. `--repeats N` runs every phase
+N times, interleaved, and keeps the fastest run.
 """
 
 from __future__ import annotations
@@ -43,13 +47,19 @@ from typing import Any, Iterator
 
 import numpy as np
 
+# TensorFlow and our data modules are imported where needed, so that the
+# parent process and tests that only format tables stay light.
+
 IMAGE_SIZE = 224
 TRAIN_PP = (f"decode_jpeg_and_inception_crop({IMAGE_SIZE})|flip_lr|"
             f"value_range(-1, 1)|onehot(1000)")
 RANDAUG_PP = (f"decode_jpeg_and_inception_crop({IMAGE_SIZE})|flip_lr|"
               f"randaug(2, 15)|value_range(-1, 1)|onehot(1000)")
-EVAL_PP = (f"decode|resize_small(256)|central_crop({IMAGE_SIZE})|"
-           f"value_range(-1, 1)|onehot(1000)")
+# The classic spelling of the eval crop; EVAL_PP decodes only the crop.
+RESIZE_SMALL_EVAL_PP = (f"decode|resize_small(256)|central_crop({IMAGE_SIZE})|"
+                        f"value_range(-1, 1)|onehot(1000)")
+EVAL_PP = (f"decode_jpeg_and_central_crop({IMAGE_SIZE})|"
+           "value_range(-1, 1)|onehot(1000)")
 DATASET = "imagenet2012"
 # Bump when the generated images change, so stale caches are not reused.
 _GENERATOR_VERSION = 2
@@ -96,6 +106,9 @@ PHASES = {
         "bare_eval"),
     "eval": Phase("ours: make_eval_iterator", EVAL_PP, "validation",
                   "bare_eval", 0.9),
+    "eval_resize_small": Phase(
+        "ours: make_eval_iterator, resize_small(256) + central_crop",
+        RESIZE_SMALL_EVAL_PP, "validation", "bare_eval"),
 }
 
 
@@ -158,7 +171,7 @@ def _examples(split: str, n: int, seed: int, quality: int,
               class_names: list[str], sizes: list[int]
               ) -> Iterator[dict[str, Any]]:
   """imagenet2012-style examples whose `image` is the JPEG bytes, as is."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   rng = np.random.default_rng([seed, 0 if split == "train" else 1])
   for i in range(n):
@@ -184,7 +197,7 @@ def prepare_dataset(cache_dir: str, *, train_examples: int, val_examples: int,
   parameters, so different sizes are cached side by side. Also returns
   statistics of the JPEGs (mean bytes, generation time).
   """
-  from big_vision_like.data import tfds_writer  # pylint: disable=g-import-not-at-top
+  from big_vision_like.data import tfds_writer
 
   if train_examples < 1 or val_examples < 1:
     raise ValueError(f"Need at least one train and one validation example, "
@@ -226,7 +239,7 @@ def prepare_dataset(cache_dir: str, *, train_examples: int, val_examples: int,
   try:
     os.rename(tmp_dir, data_dir)
   except OSError:  # Another run finished the same dataset first: use it.
-    import shutil  # pylint: disable=g-import-not-at-top
+    import shutil
     shutil.rmtree(tmp_dir, ignore_errors=True)
     if not os.path.exists(stats_path):
       raise
@@ -248,8 +261,8 @@ def _bare_dataset(data_dir: str, phase: str, batch: int, *, repeat: bool):
   `*_crop`/`*_work` ones do the minimal work of our train/eval pp in plain TF
   (so their ratio to the bare limit is the best our pipeline could reach).
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from big_vision_like.data import tfds_source  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from big_vision_like.data import tfds_source
 
   builder = tfds_source.get_builder(DATASET, data_dir)
   files = [os.fspath(p) for p in
@@ -284,15 +297,17 @@ def _bare_dataset(data_dir: str, phase: str, batch: int, *, repeat: bool):
   work = {"bare_train_crop": train_work,
           "bare_eval_work": eval_work}.get(phase, limit)
 
-  def decode(index, record):
+  def decode(record, index=None):
     example = tf.io.parse_single_example(record, features)
     return {"image": work(example["image"], index), "label": example["label"]}
 
   ds = tf.data.TFRecordDataset(files)
   if repeat:
     ds = ds.repeat()
+  if work is train_work:  # Position -> seed of the random crop.
+    ds = ds.enumerate().map(lambda index, record: (record, index))
   # Same parallelism and prefetch as the input pipeline's defaults.
-  ds = ds.enumerate().map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(batch, drop_remainder=repeat).prefetch(2)
 
 
@@ -328,33 +343,47 @@ def _time_stream(batches: Iterator[dict[str, np.ndarray]], warmup: int,
   return (*clock.stop(), images)
 
 
-def _time_passes(iterable, warmup: int, passes: int
-                 ) -> tuple[float, float, int]:
-  """Wall s, CPU s and real (unpadded) images for `passes` full passes."""
+def _time_passes(iterable, num_batches: int, warmup: int, passes: int
+                 ) -> tuple[float, float, int, float]:
+  """Wall s, CPU s and real (unpadded) images of `passes` full passes.
 
-  def one_pass():
-    images = 0
-    for batch in iterable:
-      images += (int(batch["_mask"].sum()) if "_mask" in batch
-                 else len(batch["image"]))
-    return images
-
-  for _ in range(warmup):
-    one_pass()
+  Each pass is timed from creating its iterator to receiving its last
+  batch. Ending the iterator is timed apart (the 4th value: mean seconds
+  per pass): tf.data's autotuner joins its model thread there, which can
+  take ~0.5 s, a fixed cost per pass that is noise on a 50,000-image
+  validation set but would dominate our short passes.
+  """
+  wall = cpu = teardown = 0.0
   images = 0
-  clock = _Clock()
-  for _ in range(passes):
-    images += one_pass()
-  return (*clock.stop(), images)
+  for i in range(warmup + passes):
+    clock = _Clock()
+    batches = iter(iterable)
+    n = 0
+    for _ in range(num_batches):
+      batch = next(batches)
+      n += (int(batch["_mask"].sum()) if "_mask" in batch
+            else len(batch["image"]))
+    pass_wall, pass_cpu = clock.stop()
+    end = time.perf_counter()
+    leftover = sum(1 for _ in batches)  # Ends the pass (and the iterator).
+    del batches
+    if leftover:
+      raise RuntimeError(f"{leftover} batches more than the expected "
+                         f"{num_batches} in an eval pass.")
+    if i >= warmup:
+      wall, cpu, images = wall + pass_wall, cpu + pass_cpu, images + n
+      teardown += time.perf_counter() - end
+  return wall, cpu, images, teardown / passes
 
 
 def run_phase(phase: str, data_dir: str, *, batch: int, warmup_batches: int,
               batches: int, eval_passes: int, shuffle_buffer: int,
               seed: int = 0) -> dict[str, Any]:
   """Runs one phase in this process; returns its measurements."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from big_vision_like import registry  # pylint: disable=g-import-not-at-top
-  from big_vision_like.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from big_vision_like import registry
+  from big_vision_like.data import input_pipeline
+  from big_vision_like.data import tfds_source
 
   if phase not in PHASES:
     raise ValueError(f"Unknown phase {phase!r}; known: {sorted(PHASES)}.")
@@ -377,11 +406,15 @@ def run_phase(phase: str, data_dir: str, *, batch: int, warmup_batches: int,
     if phase.startswith("bare"):
       iterable = _NumpyPasses(_bare_dataset(data_dir, phase, batch,
                                             repeat=False))
+      num_batches = -(-tfds_source.num_examples(
+          DATASET, spec.split, data_dir) // batch)
     else:
       # No cache: every pass decodes again, as on a real validation set.
-      iterable, _ = input_pipeline.make_eval_iterator(data, spec.pp, batch,
-                                                      cache=False)
-    seconds, cpu_seconds, images = _time_passes(iterable, 1, eval_passes)
+      iterable, num_batches = input_pipeline.make_eval_iterator(
+          data, spec.pp, batch, cache=False)
+    seconds, cpu_seconds, images, teardown = _time_passes(
+        iterable, num_batches, 1, eval_passes)
+    out["teardown_s"] = teardown
   cores = len(os.sched_getaffinity(0))
   out.update({
       "images": images, "seconds": seconds, "img_per_sec": images / seconds,
@@ -417,7 +450,7 @@ def _run_phase_subprocess(phase: str, args: argparse.Namespace
 
 
 _COLUMNS = ("pipeline", "pp", "images", "img/s", "img/s/core", "vs bare",
-            "target", "CPU ms/img", "CPU vs bare", "peak RSS")
+            "target", "CPU ms/img", "CPU vs bare", "cores busy", "peak RSS")
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
@@ -425,6 +458,8 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
   "vs bare" compares throughput (img/s); "CPU vs bare" compares the CPU time
   per image (bare / ours), which other load on the machine disturbs less.
+  "cores busy" (CPU s / wall s) shows whether a phase had the machine: a
+  throughput ratio between rows with different values measures the load.
   """
   rows = ["| " + " | ".join(_COLUMNS) + " |",
           "|" + " --- |" * len(_COLUMNS)]
@@ -452,7 +487,8 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
       rss += f" (shuffle buffer {r['shuffle_buffer']:,})"
     cells = [title, f"`{pp}`", f"{r['images']:,}", f"{r['img_per_sec']:,.1f}",
              f"{r['img_per_sec_per_core']:,.1f}", ratio, goal,
-             f"{r['cpu_ms_per_img']:.2f}", cpu_ratio, rss]
+             f"{r['cpu_ms_per_img']:.2f}", cpu_ratio,
+             f"{r['img_per_sec'] * r['cpu_ms_per_img'] / 1e3:.2f}", rss]
     rows.append("| " + " | ".join(cells) + " |")
   return "\n".join(rows)
 
@@ -538,7 +574,9 @@ def main(argv: list[str] | None = None) -> int:
           "n/a (op missing)" if "missing" in r else
           f"{r['img_per_sec']:.1f} img/s, {r['cpu_ms_per_img']:.2f} CPU "
           f"ms/img ({r['img_per_sec'] * r['cpu_ms_per_img'] / 1e3:.2f} "
-          f"cores busy), peak RSS {r['peak_rss_mib']:.0f} MiB"), flush=True)
+          f"cores busy), peak RSS {r['peak_rss_mib']:.0f} MiB"
+          + (f", iterator teardown {r['teardown_s']:.2f} s/pass (not timed)"
+             if "teardown_s" in r else "")), flush=True)
       results[phase] = _best(results.get(phase), r)
   cores = next((r["cores"] for r in results.values() if "cores" in r), None)
   print(f"\nbatch {args.batch}; train: {args.warmup_batches} warm-up + "
@@ -549,17 +587,20 @@ def main(argv: list[str] | None = None) -> int:
         f"(peak RSS: the largest)\n")
   print(format_table(results))
   # The pipeline reads ahead about `prefetch` (2) batches of the consumer.
-  if (args.warmup_batches + args.batches + 2) * args.batch > args.train_examples:
+  timed = (args.warmup_batches + args.batches + 2) * args.batch
+  if any(PHASES[p].split == "train" for p in phases) and (
+      timed > args.train_examples):
     print(f"\nNote: the timed train batches reach the end of an epoch of "
           f"{args.train_examples:,} examples, so they include refilling the "
           f"per-epoch shuffle buffer (once per epoch; negligible on "
           f"ImageNet's 1.28 M). Use more --train_examples for steady state.")
   buffered = min(args.shuffle_buffer, args.train_examples)
-  print(f"\nThe train shuffle buffer holds encoded records: "
-        f"{buffered:,} x {stats['mean_jpeg_bytes'] / 1e3:.0f} KB = "
-        f"{buffered * stats['mean_jpeg_bytes'] / 2**20:,.0f} MiB here "
-        f"(a full {args.shuffle_buffer:,}-record buffer: "
-        f"{args.shuffle_buffer * stats['mean_jpeg_bytes'] / 2**20:,.0f} MiB).")
+  if any("shuffle_buffer" in r for r in results.values()):
+    mean = stats["mean_jpeg_bytes"]
+    print(f"\nThe train shuffle buffer holds encoded records: {buffered:,} x "
+          f"{mean / 1e3:.0f} KB = {buffered * mean / 2**20:,.0f} MiB here "
+          f"(a full {args.shuffle_buffer:,}-record buffer: "
+          f"{args.shuffle_buffer * mean / 2**20:,.0f} MiB).")
   return 0
 
 
