@@ -253,6 +253,26 @@ def get_inception_crop(size: int | Sequence[int] | None = None,
   return inception_crop
 
 
+def _jpeg_bytes(data: Example, key: str, op: str, instead: str) -> tf.Tensor:
+  """The encoded JPEG of a fused decode-and-crop op, or a clear error."""
+  if key not in data:
+    raise ValueError(f"{op}: no key {key!r} in the example.")
+  encoded = tf.convert_to_tensor(data[key])
+  if encoded.dtype != tf.string:
+    raise ValueError(f"{op}: {key!r} must hold JPEG bytes, got "
+                     f"{encoded.dtype.name} (already decoded? Use `{instead}` "
+                     f"on decoded images).")
+  return encoded
+
+
+def _decode_window(encoded: tf.Tensor, window: tf.Tensor, hw, method: str
+                   ) -> tf.Tensor:
+  """Decodes only `window` ([y, x, h, w]) of a JPEG, then resizes to hw."""
+  crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+  crop.set_shape([None, None, 3])
+  return crop if hw is None else _resize(crop, hw, method)
+
+
 @PP_OPS.register("decode_jpeg_and_inception_crop")
 @random_op
 def get_decode_jpeg_and_inception_crop(
@@ -270,21 +290,12 @@ def get_decode_jpeg_and_inception_crop(
 
   def decode_jpeg_and_inception_crop(data):
     op = "decode_jpeg_and_inception_crop"
-    if key not in data:
-      raise ValueError(f"{op}: no key {key!r} in the example.")
-    encoded = tf.convert_to_tensor(data[key])
-    if encoded.dtype != tf.string:
-      raise ValueError(f"{op}: {key!r} must hold JPEG bytes, got "
-                       f"{encoded.dtype.name} (TFDS decoded it already? Use "
-                       f"`decode|inception_crop` instead).")
+    encoded = _jpeg_bytes(data, key, op, "decode|inception_crop")
     seed = get_seed(data, op)
     shape = tf.image.extract_jpeg_shape(encoded)
     begin, crop_size = _inception_window(shape, seed, area_min, area_max)
     window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
-    crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
-    crop.set_shape([None, None, 3])
-    if hw is not None:
-      crop = _resize(crop, hw, method)
+    crop = _decode_window(encoded, window, hw, method)
     return {**data, key: crop}
   return decode_jpeg_and_inception_crop
 
@@ -312,22 +323,14 @@ def get_decode_jpeg_and_central_crop(
   _check_method(method, op)
 
   def decode_jpeg_and_central_crop(data):
-    if key not in data:
-      raise ValueError(f"{op}: no key {key!r} in the example.")
-    encoded = tf.convert_to_tensor(data[key])
-    if encoded.dtype != tf.string:
-      raise ValueError(f"{op}: {key!r} must hold JPEG bytes, got "
-                       f"{encoded.dtype.name} (use `decode|resize_small|"
-                       f"central_crop` on decoded images).")
+    encoded = _jpeg_bytes(data, key, op, "decode|resize_small|central_crop")
     shape = tf.image.extract_jpeg_shape(encoded)
     h, w = shape[0], shape[1]
     side = tf.cast(tf.round(crop_fraction * tf.cast(tf.minimum(h, w),
                                                     tf.float32)), tf.int32)
     side = tf.maximum(side, 1)
     window = tf.stack([(h - side) // 2, (w - side) // 2, side, side])
-    crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
-    crop.set_shape([None, None, 3])
-    crop = _resize(crop, hw, method)
+    crop = _decode_window(encoded, window, hw, method)
     crop.set_shape([hw[0], hw[1], 3])
     return {**data, key: crop}
   return decode_jpeg_and_central_crop
