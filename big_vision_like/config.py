@@ -133,6 +133,7 @@ KNOWN_KEYS = {
     "ckpt_steps", "ckpt_epochs", "ckpt_examples", "ckpt_percent",
     "keep_ckpt_last", "keep_ckpt_steps", "ckpt_async",
     "evals", "num_classes", "peak_flops", "init_head_bias", "mixup",
+    "device_value_range",
 }
 KNOWN_INPUT_KEYS = {"data", "pp", "batch_size", "shuffle_buffer_size", "cache", "skip_corrupt",
                     "prefetch"}
@@ -162,6 +163,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if required not in config.input:
       raise ConfigError(f"config.input.{required} is required")
 
+  dvr = config.get("device_value_range")
+  if dvr is not None and not (
+      isinstance(dvr, (list, tuple)) and len(dvr) == 2
+      and all(isinstance(v, (int, float)) for v in dvr) and dvr[0] != dvr[1]):
+    raise ConfigError(f"config.device_value_range must be None or (vmin, vmax) with "
+                      f"vmin != vmax, got {dvr!r}")
   try:
     input_pipeline.data_sources(config.input.data)
   except ValueError as e:

@@ -54,7 +54,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                                                      [(".*", "replicate")]))
   params = ckpt_lib.load_params(str(ckpt_dir / str(step)), params)
   evaluators = train_lib.make_evaluators(
-      config, train_lib.make_predict_fn(model), mesh, data_axes, batch_size=batch_size,
+      config, train_lib.make_predict_fn(model, config.get("device_value_range")), mesh, data_axes, batch_size=batch_size,
       total_steps=step, num_train_examples=input_pipeline.train_examples(
           config.input.data))
   writer = metrics_lib.MetricWriter(workdir)

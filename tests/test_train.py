@@ -252,3 +252,28 @@ def test_batch_not_divisible_by_devices_names_key(fashion_mnist_data_dir, tmp_pa
   config = tiny_config(fashion_mnist_data_dir, grad_accum_steps=3)
   with pytest.raises(config_lib.ConfigError, match="batch_size=32.*grad_accum_steps=3"):
     train_lib.train(config, str(tmp_path / "run"))
+
+
+def test_uint8_batches_normalised_on_device_match_host_value_range(
+    fashion_mnist_data_dir, tmp_path):
+  """pp ending in uint8 + config.device_value_range == value_range on the host."""
+  from big_vision_like.config import ConfigError
+  host = tiny_config(fashion_mnist_data_dir, total_steps=3, log_training_steps=1)
+  device = tiny_config(fashion_mnist_data_dir, total_steps=3, log_training_steps=1)
+  device.input.pp = device.input.pp.replace("|value_range(-1, 1)", "")
+  device.evals.test.pp = device.evals.test.pp.replace("|value_range(-1, 1)", "")
+  assert "value_range" not in device.input.pp + device.evals.test.pp
+  with pytest.raises(ConfigError, match="uint8 images.*device_value_range"):
+    train_lib.train(device, str(tmp_path / "missing"))
+  with device.ignore_type():
+    device.device_value_range = (-1, 1)
+  a = train_lib.train(host, str(tmp_path / "host"))
+  b = train_lib.train(device, str(tmp_path / "device"))
+  losses = lambda run: [r["train/loss"] for r in read_jsonl(tmp_path / run / "metrics.jsonl")
+                        if "train/loss" in r]
+  np.testing.assert_allclose(losses("device"), losses("host"), rtol=1e-6)
+  assert b["test/prec@1"] == pytest.approx(a["test/prec@1"], abs=1e-6)
+  with device.ignore_type():
+    device.device_value_range = (1, 1)
+  with pytest.raises(ConfigError, match="device_value_range must be"):
+    config_lib.validate(device)

@@ -58,8 +58,11 @@ RANDAUG_PP = (f"decode_jpeg_and_inception_crop({IMAGE_SIZE})|flip_lr|"
 # The classic spelling of the eval crop; EVAL_PP decodes only the crop.
 RESIZE_SMALL_EVAL_PP = (f"decode|resize_small(256)|central_crop({IMAGE_SIZE})|"
                         f"value_range(-1, 1)|onehot(1000)")
-EVAL_PP = (f"decode_jpeg_and_central_crop({IMAGE_SIZE})|"
-           "value_range(-1, 1)|onehot(1000)")
+# Our eval pipeline leaves uint8 images: the float conversion runs on the
+# device (config.device_value_range), as in configs/vit_i1k.py.
+EVAL_PP = f"decode_jpeg_and_central_crop({IMAGE_SIZE})|onehot(1000)"
+HOST_FLOAT_EVAL_PP = (f"decode_jpeg_and_central_crop({IMAGE_SIZE})|"
+                      "value_range(-1, 1)|onehot(1000)")
 DATASET = "imagenet2012"
 # Bump when the generated images change, so stale caches are not reused.
 _GENERATOR_VERSION = 2
@@ -106,6 +109,9 @@ PHASES = {
         "bare_eval"),
     "eval": Phase("ours: make_eval_iterator", EVAL_PP, "validation",
                   "bare_eval", 0.9),
+    "eval_host_float": Phase(
+        "ours: make_eval_iterator, value_range on the host",
+        HOST_FLOAT_EVAL_PP, "validation", "bare_eval"),
     "eval_resize_small": Phase(
         "ours: make_eval_iterator, resize_small(256) + central_crop",
         RESIZE_SMALL_EVAL_PP, "validation", "bare_eval"),
