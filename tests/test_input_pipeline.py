@@ -148,6 +148,13 @@ def test_mixture_errors_name_the_culprit(small):
                                        4, seed=0)
 
 
+def test_eval_data_is_one_source(small):
+  with pytest.raises(ValueError, match="one source dict, got a list of 2"):
+    input_pipeline.make_eval_iterator(mix(small), PP, 4)
+  with pytest.raises(ValueError, match="training mixtures only"):
+    input_pipeline.make_eval_iterator({**small, "weight": 1.0}, PP, 4)
+
+
 def test_config_validation_checks_the_data_sources(small):
   config = config_lib.load_config("configs/fashion_vit.py:runlocal", [])
   # A mixture is a list of sources in place of the one-source dict.

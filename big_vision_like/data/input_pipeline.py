@@ -634,8 +634,10 @@ def make_eval_iterator(
   `skip_corrupt=True` drops records that fail (they are not counted; the
   iterable's `skipped` says how many) instead of raising `BadExampleError`.
   """
-  (source,) = data_sources(data) if not isinstance(data, (list, tuple)) else (
-      _single_eval_source(data),)
+  if isinstance(data, (list, tuple)):
+    raise ValueError(f"Eval data must be one source dict, got a list of "
+                     f"{len(data)}: {data!r}.")
+  (source,) = data_sources(data)
   if source.get("weight") is not None or source.get("pp"):
     raise ValueError(f"Eval data {_label(source)}: 'weight' and per-source "
                      f"'pp' are for training mixtures only.")
@@ -689,11 +691,6 @@ def make_eval_iterator(
   iterable = EvalIterable(ds, num_batches, sizes[index],
                           _EvalPlan(records, fn), skip_corrupt)
   return iterable, num_batches
-
-
-def _single_eval_source(data: Sequence[Any]) -> dict:
-  raise ValueError(f"Eval data must be one source dict, got a list of "
-                   f"{len(data)}: {data!r}.")
 
 
 def split_host_keys(batch: dict[str, np.ndarray]
