@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import inspect
 import json
 import os
 from typing import Any, Sequence
@@ -137,9 +138,21 @@ KNOWN_KEYS = {
 }
 KNOWN_INPUT_KEYS = {"data", "pp", "batch_size", "shuffle_buffer_size", "cache", "skip_corrupt",
                     "prefetch"}
-KNOWN_EVAL_KEYS = {"type", "data", "pp", "batch_size", "cache", "skip_corrupt", "loss_name",
-                   "label_key", "log_steps", "log_epochs", "log_examples",
-                   "log_percent", "prefix"}
+# Every evaluator takes these; the rest are its constructor's keyword arguments.
+EVAL_LOOP_KEYS = {"type", "log_steps", "log_epochs", "log_examples", "log_percent"}
+# Constructor arguments the train loop fills in or that are internal.
+_EVAL_INTERNAL = {"self", "predict_fn", "mesh", "data_axes", "name", "workdir", "kwargs",
+                  "label_keys", "set_keys", "keep_logits", "per_example_loss"}
+
+
+def evaluator_keys(cls: Any) -> set[str]:
+  """Config keys evaluator class `cls` accepts (its and its bases' __init__)."""
+  keys = set(EVAL_LOOP_KEYS)
+  for klass in getattr(cls, "__mro__", (cls,)):
+    init = klass.__dict__.get("__init__")
+    if init is not None:
+      keys |= set(inspect.signature(init).parameters)
+  return keys - _EVAL_INTERNAL
 
 
 def _check_keys(section: Any, known: set[str], where: str) -> None:
@@ -178,13 +191,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   pp_builder.get_preprocess_fn(config.input.pp)
   mixup_lib.from_config(config.get("mixup"))
   for name, ev in config.get("evals", {}).items():
-    _check_keys(ev, KNOWN_EVAL_KEYS, f"config.evals.{name}")
     if "type" not in ev:
       raise ConfigError(f"config.evals.{name}.type is required")
     try:
-      registry.EVALUATORS.get(ev.type)
+      cls = registry.EVALUATORS.get(ev.type)
     except registry.UnknownNameError as e:
       raise ConfigError(f"config.evals.{name}.type: {e}") from None
+    _check_keys(ev, evaluator_keys(cls), f"config.evals.{name}")
+    ref = ev.get("reference")
+    if ref is not None and ref not in config.evals:
+      raise ConfigError(f"config.evals.{name}.reference={ref!r} is not an evaluator "
+                        f"in config.evals ({sorted(config.evals)})")
     if "pp" in ev:
       pp_builder.get_preprocess_fn(ev.pp)
 

@@ -56,7 +56,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   evaluators = train_lib.make_evaluators(
       config, train_lib.make_predict_fn(model, config.get("device_value_range")), mesh, data_axes, batch_size=batch_size,
       total_steps=step, num_train_examples=input_pipeline.train_examples(
-          config.input.data))
+          config.input.data), workdir=workdir)
   writer = metrics_lib.MetricWriter(workdir)
   results = train_lib.run_evals(evaluators, params, step, writer, final=True)
   writer.close()

@@ -97,6 +97,9 @@ class MetricWriter:
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
     self._tb.write_images(step, images)
 
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    self._tb.write_texts(step, texts)
+
   def flush(self) -> None:
     self._tb.flush()
 

@@ -79,4 +79,6 @@ LOSSES = Registry("loss", ["big_vision_like.losses"])
 PP_OPS = Registry("pp op", ["big_vision_like.pp.ops_general",
                             "big_vision_like.pp.ops_image",
                             "big_vision_like.pp.randaug"])
-EVALUATORS = Registry("evaluator", ["big_vision_like.evaluators.classification"])
+EVALUATORS = Registry("evaluator", ["big_vision_like.evaluators.classification",
+                                     "big_vision_like.evaluators.multilabel",
+                                     "big_vision_like.evaluators.calibration"])

@@ -130,10 +130,11 @@ def forward_flops_per_image(model, params, image_shape) -> float | None:
 
 
 def make_evaluators(config, predict_fn, mesh, data_axes, *, batch_size,
-                    total_steps, num_train_examples):
+                    total_steps, num_train_examples, workdir=None):
   """[(name, evaluator, every_n_steps)] from `config.evals`."""
   out = []
-  for name, ev in config.get("evals", {}).items():
+  evals = config.get("evals", {})
+  for name, ev in evals.items():
     ev = dict(ev)
     cls = registry.EVALUATORS.get(ev.pop("type"))
     every = durations.to_steps(ev, "log", batch_size=batch_size,
@@ -143,25 +144,59 @@ def make_evaluators(config, predict_fn, mesh, data_axes, *, batch_size,
       ev.pop(k)
     ev.setdefault("batch_size", batch_size)
     try:
-      evaluator = cls(predict_fn, mesh=mesh, data_axes=data_axes, name=name, **ev)
-    except TypeError as e:
+      evaluator = cls(predict_fn, mesh=mesh, data_axes=data_axes, name=name,
+                      workdir=workdir, **ev)
+    except (TypeError, ValueError, KeyError) as e:
       raise config_lib.ConfigError(f"config.evals.{name}: {e}") from e
     out.append((name, evaluator, every))
+  everies = {name: every for name, _, every in out}
+  for name, evaluator, every in out:
+    ref = getattr(evaluator, "reference", None)
+    if ref is not None and everies.get(ref, -1) != every:
+      raise config_lib.ConfigError(
+          f"config.evals.{name}.reference={ref!r}: " + (
+              f"no evaluator {ref!r} in config.evals" if ref not in everies else
+              f"it must run at the same steps (every {every} vs {everies[ref]}), "
+              f"or the drop would compare different params"))
   return out
 
 
 def run_evals(evaluators, params, step, writer, *, final=False):
-  results = {}
+  """Runs the due evaluators; writes scalars, images and texts; returns scalars.
+
+  An evaluator with `reference="val"` also gets `drop/{metric}` = val's
+  value minus its own, for its `drop_metrics` both report.
+  """
+  results, images, texts, ran = {}, {}, {}, {}
   for name, evaluator, every in evaluators:
     if final or (every and step % every == 0):
       t0 = time.perf_counter()
-      for k, v in evaluator.run(params).items():
-        results[f"{name}/{k}"] = v
+      ran[name] = evaluator.run(params, step)
+      for k, v in ran[name].items():
+        if isinstance(v, str):
+          texts[f"{name}/{k}"] = v
+        elif isinstance(v, np.ndarray) and v.ndim == 3:
+          images[f"{name}/{k}"] = v[None]
+        else:
+          results[f"{name}/{k}"] = float(v)
       logging.info("eval %s at step %d: %s (%.1fs)", name, step,
                    {k: round(v, 5) for k, v in results.items() if k.startswith(name + "/")},
                    time.perf_counter() - t0)
+      for k, v in ran[name].items():
+        if isinstance(v, str):
+          logging.info("eval %s %s:\n%s", name, k, v)
+  for name, evaluator, _ in evaluators:
+    ref = getattr(evaluator, "reference", None)
+    if name in ran and ref in ran:
+      for metric in evaluator.drop_metrics:
+        if metric in ran[name] and metric in ran[ref]:
+          results[f"{name}/drop/{metric}"] = float(ran[ref][metric]) - float(ran[name][metric])
   if results:
     writer.write_scalars(step, results)
+  if images:
+    writer.write_images(step, images)
+  if texts:
+    writer.write_texts(step, texts)
   return results
 
 
@@ -319,7 +354,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   predict_fn = make_predict_fn(model, config.get("device_value_range"))
   evaluators = make_evaluators(config, predict_fn, mesh, data_axes, batch_size=batch_size,
-                               total_steps=total_steps, num_train_examples=num_examples)
+                               total_steps=total_steps, num_train_examples=num_examples,
+                               workdir=str(workdir_path))
   writer = metrics_lib.MetricWriter(str(workdir_path), is_main=is_main)
   peak, peak_source = metrics_lib.peak_flops_per_device(config.get("peak_flops"))
   fwd = forward_flops_per_image(model, params, first_batch["image"].shape[1:])
