@@ -122,11 +122,16 @@ def from_real_json(path: str, data=None) -> LabelSource:
 
 
 def _as_ids(value, where: str) -> list[int]:
+  """Class ids from a JSON value or CSV cells: ints or digit strings only."""
   values = value if isinstance(value, list) else [value]
-  try:
-    ids = [int(v) for v in values]
-  except (TypeError, ValueError):
-    raise ValueError(f"{where}: labels must be class ids, got {value!r}") from None
+  ids = []
+  for v in values:
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+      ids.append(v)
+    elif isinstance(v, str) and v.strip().isdigit():
+      ids.append(int(v))
+    else:
+      raise ValueError(f"{where}: labels must be class ids (integers >= 0), got {value!r}")
   return ids
 
 
@@ -253,6 +258,10 @@ def from_arrays(arrays: dict[str, np.ndarray], origin: str, *,
       raise KeyError(f"{origin}: no {set_key!r} (has {sorted(arrays)})")
     src.sets = np.asarray(arrays[set_key]).astype(np.int32).reshape(len(names), -1)
     if set_key == "correct_multi_labels":
+      missing = [k for k in ("unclear_multi_labels", "is_problematic") if k not in arrays]
+      if missing:
+        raise KeyError(f"{origin}: correct_multi_labels comes with {missing}, which are "
+                       f"missing (has {sorted(arrays)})")
       src.unclear = np.asarray(arrays["unclear_multi_labels"]).astype(np.int32)
       src.problematic = np.asarray(arrays["is_problematic"]).astype(bool)
   return src

@@ -241,8 +241,11 @@ def restrict_topk(topk_ids: np.ndarray, subset: Sequence[int]) -> np.ndarray:
 
 def subset_top_k(logits: np.ndarray, subset: Sequence[int], k: int
                  ) -> tuple[np.ndarray, np.ndarray]:
-  """top_k over the subset's logits only, ids in the full numbering."""
-  subset = np.asarray(subset)
+  """top_k over the subset's logits only, ids in the full numbering.
+
+  Ties go to the lower class id whatever the order of `subset`.
+  """
+  subset = np.sort(np.asarray(subset))
   ids, scores = top_k(np.asarray(logits)[:, subset], k)
   return subset[ids].astype(np.int32), scores
 
@@ -299,7 +302,12 @@ def calibration(logits: np.ndarray, label: np.ndarray, num_bins: int = 15
   if num_bins < 1:
     raise ValueError(f"num_bins must be >= 1, got {num_bins}")
   label = np.asarray(label, np.int32)
-  conf, pred, nll, brier = _chunked(_prob_stats, np.asarray(logits), label)
+  logits = np.asarray(logits)
+  check_finite(logits, "calibration")
+  if (label < 0).any():
+    raise ValueError(f"calibration: label {int(label[label < 0][0])} is negative")
+  check_ids(label, logits.shape[1], "calibration: label")
+  conf, pred, nll, brier = _chunked(_prob_stats, logits, label)
   correct = (pred == label).astype(np.float64)
   conf64 = conf.astype(np.float64)
   edges = np.linspace(0.0, 1.0, num_bins + 1)
@@ -320,6 +328,9 @@ def per_class_accuracy(top1: np.ndarray, label: np.ndarray, num_classes: int
                        ) -> tuple[np.ndarray, np.ndarray]:
   """(accuracy [C] with NaN for classes without examples, count [C])."""
   label = np.asarray(label)
+  check_ids(label, num_classes, "per-class accuracy: label")
+  if (label < 0).any():
+    raise ValueError(f"per-class accuracy: label {int(label[label < 0][0])} is negative")
   count = np.bincount(label, minlength=num_classes)
   right = np.bincount(label, weights=(np.asarray(top1).ravel() == label).astype(np.float64),
                       minlength=num_classes)
@@ -347,7 +358,7 @@ def mean_average_precision(scores: np.ndarray, sets: np.ndarray) -> float:
   tied group is one threshold: AP = sum over thresholds of
   (recall gained) * (precision at that threshold).
   """
-  scores = np.asarray(scores, np.float32)
+  scores = np.asarray(scores)
   n, num_classes = scores.shape
   positive = np.zeros((n, num_classes), bool)
   rows = np.repeat(np.arange(n), sets.shape[1])

@@ -11,6 +11,7 @@ with a short warmup and cosine decay here (the paper steps the lr down), incepti
 
 import ml_collections
 
+from big_vision_like import scorecard
 from big_vision_like.config import parse_arg
 
 
@@ -44,17 +45,14 @@ def get_config(arg=None):
   config.log_training_steps = 50
   config.ckpt_steps = 1000
   config.keep_ckpt_steps = 10_000
-  # The 224/256 central crop, decoding only the crop (same view as
-  # decode|resize_small(256)|central_crop(224); see BENCHMARKS.md for speed).
-  eval_pp = ("decode_jpeg_and_central_crop(224)"
-             "|onehot(1000, key='label', key_result='labels')")
-  config.evals = dict(
-      # cache=False: 50k decoded 224px images would need ~30 GB of host memory.
-      val=dict(type="classification", pp=eval_pp, log_steps=2500, cache=False,
-               data=dict(name="imagenet2012", split="validation", data_dir=data_dir)),
-      minival=dict(type="classification", pp=eval_pp, log_steps=2500, cache=False,
-                   data=dict(name="imagenet2012", split="train[99%:]", data_dir=data_dir)),
-  )
+  # The full ImageNet scorecard (val, minival, ReaL, multilabel, ImageNet-M,
+  # v2 x3, A, R, Sketch, calibration); datasets not prepared fail at start-up
+  # with the command that prepares them. The 224/256 central crop decodes only
+  # the crop (same view as decode|resize_small(256)|central_crop(224)).
+  config.evals = scorecard.imagenet(
+      pp_image="decode_jpeg_and_central_crop(224)", data_dir=data_dir,
+      include=("val", "minival") if arg.runlocal else scorecard.NAMES,
+      log_steps=2500)
   if arg.runlocal:
     config.total_epochs = None
     config.total_steps = 10

@@ -263,3 +263,45 @@ def test_unknown_evaluator_keys_are_config_errors():
   config.evals.test.per_clas = True
   with pytest.raises(config_lib.ConfigError, match="per_clas.*per_class"):
     config_lib.validate(config)
+
+
+def test_one_line_scorecard_runs_every_imagenet_evaluation(tmp_path):
+  from big_vision_like import scorecard
+  data_dir = str(tmp_path / "data")
+  for name in V.VARIANTS:  # (minival is the last 1% of train: 1 of 100)
+    V.write_small_variant(name, data_dir, image_size=8, examples_per_split=(
+        {"train": 100, "validation": 9} if name == "imagenet2012" else 9))
+  config = config_lib.ml_collections.ConfigDict()
+  config.evals = scorecard.imagenet(pp_image="decode|resize(8)|value_range(-1, 1)",
+                                    data_dir=data_dir, log_steps=100, batch_size=4)
+  assert sorted(config.evals) == sorted(scorecard.NAMES)
+  mesh = sharding_lib.make_mesh([("data", -1)])
+
+  def predict(params, batch):
+    key = "label" if "label" in batch else "original_label"
+    return params["table"][batch[key]]
+  evaluators = train_lib.make_evaluators(config, predict, mesh, ("data",), batch_size=4,
+                                         total_steps=100, num_train_examples=9,
+                                         workdir=str(tmp_path / "work"))
+  writer = metrics_lib.MetricWriter(str(tmp_path / "work"))
+  results = train_lib.run_evals(evaluators, PARAMS, 100, writer)
+  writer.close()
+  for key in ("val/prec@1", "val/accuracy_per_class", "minival/prec@1", "real/real@1",
+              "real/multi_label_fraction", "multilabel/accuracy_per_class",
+              "imagenet_m/num_correct", "v2_mf/drop/prec@1", "v2_t07/prec@1",
+              "v2_top/prec@5", "a/drop/prec@1", "r/prec@1", "sketch/drop/prec@1",
+              "calibration/ece", "calibration/nll"):
+    assert key in results and np.isfinite(results[key]), key
+  assert results["imagenet_m/num_images"] + results["imagenet_m/num_problematic"] == 9
+  assert results["v2_mf/drop/prec@1"] == pytest.approx(
+      results["val/prec@1"] - results["v2_mf/prec@1"])
+
+
+def test_scorecard_include_and_errors():
+  from big_vision_like import scorecard
+  evals = scorecard.imagenet(pp_image="decode", include=("v2_mf", "a"), log_steps=5)
+  assert "reference" not in evals["v2_mf"]  # val is not in this scorecard
+  with pytest.raises(ValueError, match="unknown evals \\['v3'\\]"):
+    scorecard.imagenet(pp_image="decode", include=("v3",), log_steps=5)
+  with pytest.raises(ValueError, match="how often"):
+    scorecard.imagenet(pp_image="decode")

@@ -86,7 +86,8 @@ class Collector:
     self.skip_corrupt = skip_corrupt
     self.sharding = sharding_lib.batch_sharding(mesh, data_axes)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    subset = None if class_subset is None else jnp.asarray(class_subset, jnp.int32)
+    # Sorted, so that ties go to the lower class id as everywhere else.
+    subset = None if class_subset is None else jnp.asarray(np.sort(class_subset), jnp.int32)
 
     def per_example(params, batch):
       logits = predict_fn(params, batch)
