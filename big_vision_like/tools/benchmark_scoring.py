@@ -1,0 +1,452 @@
+"""Speed of the ImageNet scorecard: the offline scorer, and the evaluators' in-loop cost.
+
+  python -m big_vision_like.tools.benchmark_scoring [--real_json PATH] \\
+      [--num_examples 50000] [--num_classes 1000] [--variant Ti/16] \\
+      [--image_size 224] [--eval_examples 512] [--batch 64] [--repeats 3] \\
+      [--skip_offline] [--skip_inloop]
+
+Scoring must never be the reason not to evaluate often, so two things are
+measured and printed as markdown tables:
+
+1. Offline scorer speed. `tools/score_predictions` is a command people run
+   on a full validation set, so it is timed end to end in a fresh process
+   (interpreter start-up and imports included) on generated inputs of
+   ImageNet's size: seeded random logits [50,000, 1000] (.npy) where the
+   true class gets a random margin (so accuracy is neither ~0 nor 1), the
+   50,000 `ILSVRC2012_val_*` file names in a shuffled order, and two label
+   sources: the real ReaL file (`--real_json`) and a CSV of the original
+   single labels (which also turns on calibration). With `--num_classes`
+   other than 1000, labels and ReaL sets are folded to `id % num_classes`
+   and written as a ReaL-format file, so the same code paths run at any
+   size. A row of bare start-up + imports shows the fixed cost.
+
+2. In-loop overhead. The `multilabel` (ReaL) and `classification`
+   evaluators run a ViT over a small `imagenet2012_real` stand-in
+   (`write_small_variant`, cached after a warm-up pass so JPEG decoding is
+   out of every measurement). Their `run(params)` is compared with a bare
+   pass over the SAME batches (the multilabel evaluator's own iterator, the
+   same batch sharding) through a jitted predict_fn, blocking per batch.
+   Overhead = evaluator time / bare time - 1, median of `--repeats` passes
+   after one warm-up pass of each (compilation excluded); passes are
+   interleaved so drifts in machine load hit every row alike. Wall time is
+   the target's measure; this process's CPU time (all threads) is printed
+   too, as it is disturbed less by other load on a shared machine. The
+   host-side scoring of the multilabel run (`score()` on its gathered
+   arrays) is also timed alone, to split the run into collect + score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+# jax, TensorFlow and our data modules are imported where needed, so the
+# parent stays light while the offline scorer runs in its subprocesses.
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_REAL_JSON = os.path.normpath(
+    os.path.join(REPO, "..", "shared", "data", "imagenet", "real.json"))
+VAL_SIZE = 50_000
+OFFLINE_TARGET_S = 10.0
+INLOOP_TARGET = 0.05  # Relative overhead of the multilabel evaluator.
+# decode_jpeg_and_central_crop's default: the central 87.5% (224 of 256).
+_CROP_FRACTION = 0.875
+
+
+# ------------------------------------------------------------ part 1: offline
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineInputs:
+  """Paths of the generated scorer inputs and what they hold."""
+  logits: str        # [num_examples, num_classes] float32 .npy
+  names: str         # one file name per logits row, shuffled order
+  real: str          # ReaL-format JSON (the real file, or folded)
+  single: str        # CSV file_name,label of all 50,000 images
+  num_examples: int
+  num_classes: int
+  real_note: str     # where the ReaL sets came from
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineCase:
+  title: str
+  flags: str                # for the table: what the command adds
+  target_s: float | None
+  metrics: tuple[str, ...]  # shown in the result column
+
+
+OFFLINE_CASES = {
+    "imports": OfflineCase("start-up + imports only", "python -c 'import ...score_predictions'",
+                           None, ()),
+    "real": OfflineCase("(a) ReaL labels", "--labels real.json", OFFLINE_TARGET_S,
+                        ("real@1", "real@5", "num_counted")),
+    "single": OfflineCase("(b) single labels: prec@k + calibration",
+                          "--labels single.csv", OFFLINE_TARGET_S,
+                          ("prec@1", "prec@5", "ece", "nll")),
+    "real_map": OfflineCase("(c) ReaL + mAP", "--labels real.json --mean_ap", None,
+                            ("real@1", "mAP")),
+}
+
+
+def _original_labels() -> np.ndarray:
+  """Original label of each of the 50,000 validation images (file-name order)."""
+  from big_vision_like.data import imagenet_variants  # pylint: disable=g-import-not-at-top
+
+  index = {w: i for i, w in enumerate(imagenet_variants.class_wnids())}
+  return np.array([index[w] for w in imagenet_variants.validation_wnids()], np.int32)
+
+
+def write_offline_inputs(workdir: str, *, num_examples: int, num_classes: int,
+                         real_json: str, seed: int = 0) -> OfflineInputs:
+  """Writes the logits, file names and label files that the scorer is timed on."""
+  from big_vision_like import label_sources  # pylint: disable=g-import-not-at-top
+
+  if not 1 <= num_examples <= VAL_SIZE:
+    raise ValueError(f"--num_examples must be in [1, {VAL_SIZE:,}] (the predictions are "
+                     f"named after ImageNet validation images), got {num_examples}.")
+  if num_classes < 2:
+    raise ValueError(f"--num_classes must be >= 2, got {num_classes}.")
+  if not os.path.exists(real_json):
+    raise FileNotFoundError(f"--real_json {real_json} does not exist (the ReaL label file, "
+                            f"see DESIGN.md 'Data you can use').")
+  real = label_sources.from_real_json(real_json)  # validates the file
+  os.makedirs(workdir, exist_ok=True)
+  label = _original_labels()
+  real_path, note = real_json, f"ReaL sets from {real_json}"
+  if num_classes != 1000:
+    # Same set sizes and empty sets as the real file, ids folded into range.
+    label = label % num_classes
+    folded = [list(dict.fromkeys(int(c) % num_classes for c in row if c >= 0))
+              for row in real.sets]
+    real_path = os.path.join(workdir, f"real_folded_{num_classes}.json")
+    with open(real_path, "w") as f:
+      json.dump(folded, f)
+    note = f"ReaL sets of {real_json} folded to id % {num_classes}"
+  rng = np.random.default_rng(seed)
+  # A random subset of the validation images, in a shuffled order: the
+  # scorer must join on file names, not rely on any order.
+  rows = rng.permutation(VAL_SIZE)[:num_examples]
+  names_path = os.path.join(workdir, "names.txt")
+  with open(names_path, "w") as f:
+    f.write("".join(label_sources.real_file_name(int(i)) + "\n" for i in rows))
+  single_path = os.path.join(workdir, "single.csv")
+  with open(single_path, "w") as f:
+    f.write("file_name,label\n" + "".join(
+        f"{label_sources.real_file_name(i)},{label[i]}\n" for i in range(VAL_SIZE)))
+  # Noise plus a margin on the true class, uniform in [0, 8): some rows are
+  # confidently right, some hopelessly wrong (prec@1 ~ 0.5 at 1000 classes).
+  logits = rng.standard_normal((num_examples, num_classes), dtype=np.float32)
+  logits[np.arange(num_examples), label[rows]] += rng.uniform(
+      0, 8, num_examples).astype(np.float32)
+  logits_path = os.path.join(workdir, "logits.npy")
+  np.save(logits_path, logits)
+  return OfflineInputs(logits_path, names_path, real_path, single_path, num_examples,
+                       num_classes, note)
+
+
+def offline_command(case: str, inputs: OfflineInputs) -> list[str]:
+  """The command line a user would type for `case`."""
+  if case == "imports":
+    return [sys.executable, "-c", "import big_vision_like.tools.score_predictions"]
+  labels = inputs.single if case == "single" else inputs.real
+  command = [sys.executable, "-m", "big_vision_like.tools.score_predictions",
+             inputs.logits, "--file_names", inputs.names, "--labels", labels, "--json", "-"]
+  if case == "real_map":
+    command.append("--mean_ap")
+  return command
+
+
+def _run_timed(command: list[str]) -> tuple[float, str]:
+  """Wall seconds of `command` in a fresh process, and its stdout."""
+  start = time.perf_counter()
+  proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+  seconds = time.perf_counter() - start
+  if proc.returncode:
+    raise RuntimeError(f"{' '.join(command)} failed (exit {proc.returncode}):\n"
+                       f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+  return seconds, proc.stdout
+
+
+def run_offline(inputs: OfflineInputs, repeats: int,
+                log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+  """{case: {"times": [s, ...], "metrics": {...}}}, repeats interleaved."""
+  results: dict[str, dict[str, Any]] = {c: {"times": []} for c in OFFLINE_CASES}
+  for r in range(repeats):
+    for case in OFFLINE_CASES:
+      seconds, stdout = _run_timed(offline_command(case, inputs))
+      results[case]["times"].append(seconds)
+      if case != "imports":
+        (metrics,) = json.loads(stdout).values()  # one model: the logits
+        results[case]["metrics"] = metrics
+      log(f"  offline {r + 1}/{repeats} {case}: {seconds:.2f} s")
+  return results
+
+
+def _cell_metric(name: str, value: float) -> str:
+  if name.startswith("num_"):
+    return f"{name} {int(value):,}"
+  if name in ("nll",):
+    return f"{name} {value:.3f}"
+  return f"{name} {100 * value:.2f}%"
+
+
+def format_offline_table(results: dict[str, dict[str, Any]], repeats: int) -> str:
+  head = ("case", "command adds", f"wall s (median of {repeats})", "min s", "target",
+          "result")
+  rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+  for case, spec in OFFLINE_CASES.items():
+    r = results.get(case)
+    if r is None:
+      continue
+    median, best = statistics.median(r["times"]), min(r["times"])
+    goal = ""
+    if spec.target_s is not None:
+      goal = f"< {spec.target_s:g} s ({'pass' if median < spec.target_s else 'FAIL'})"
+    shown = ", ".join(_cell_metric(m, r["metrics"][m]) for m in spec.metrics
+                      if m in r.get("metrics", {}))
+    rows.append("| " + " | ".join([spec.title, f"`{spec.flags}`", f"{median:.2f}",
+                                   f"{best:.2f}", goal, shown]) + " |")
+  return "\n".join(rows)
+
+
+# ------------------------------------------------------------ part 2: in-loop
+
+
+INLOOP_ROWS = {
+    "bare": "bare forward: jit(predict_fn), block per batch",
+    "multilabel": "multilabel (ReaL) evaluator run()",
+    "score": "of which score() on the host (timed alone)",
+    "classification": "classification evaluator run()",
+}
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
+  """(wall s, CPU s of this process, all threads) of one call."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  fn()
+  return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def run_inloop(data_dir: str, *, variant: str, image_size: int, eval_examples: int,
+               batch_size: int, repeats: int, seed: int = 0,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Times bare forward passes and evaluator runs.
+
+  Returns {"wall": {row: [s]}, "cpu": {row: [s]}, "real": the multilabel
+  metrics, ...}; rows are the keys of INLOOP_ROWS.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  from big_vision_like import registry  # pylint: disable=g-import-not-at-top
+  from big_vision_like import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from big_vision_like import train as train_lib  # pylint: disable=g-import-not-at-top
+  from big_vision_like.data import imagenet_variants  # pylint: disable=g-import-not-at-top
+  from big_vision_like.data import input_pipeline  # pylint: disable=g-import-not-at-top
+
+  # Written JPEGs are large enough that the central crop needs no upsampling.
+  imagenet_variants.write_small_variant(
+      "imagenet2012_real", data_dir, seed=seed,
+      image_size=math.ceil(image_size / _CROP_FRACTION),
+      examples_per_split={"validation": eval_examples})
+  mesh = sharding_lib.make_mesh([("data", -1)])
+  axes = ("data",)
+  config = ml_collections.ConfigDict(dict(
+      model_name="vit",
+      # Like configs/vit_i1k.py; a random (not zero) head so predictions vary.
+      model=dict(variant=variant, num_classes=1000, pool_type="gap", posemb="sincos2d",
+                 head_zeroinit=False)))
+  model = train_lib.build_model(config)
+  params, _ = train_lib.init_params(model, (image_size, image_size, 3),
+                                    jax.random.key(seed), mesh, [(".*", "replicate")])
+  # Eval pp leaves uint8 images; the float conversion runs in predict_fn.
+  predict_fn = train_lib.make_predict_fn(model, value_range=(-1, 1))
+  data = dict(name="imagenet2012_real", split="validation", data_dir=data_dir)
+  pp = f"decode_jpeg_and_central_crop({image_size})"
+  common = dict(data=data, batch_size=batch_size, mesh=mesh, data_axes=axes, cache=True)
+  multilabel = registry.EVALUATORS.get("multilabel")(
+      predict_fn, pp=pp + "|keep('image', 'original_label', 'real_label')", name="real",
+      **common)
+  classification = registry.EVALUATORS.get("classification")(
+      predict_fn, pp=pp + "|keep('image', 'original_label')", label_key="original_label",
+      name="val", **common)
+
+  # The bare pass: the multilabel evaluator's own batches and sharding.
+  batches = multilabel.collector.batches
+  sharding = multilabel.collector.sharding
+  forward = jax.jit(predict_fn)
+
+  def bare():
+    for batch in batches:
+      device, _ = input_pipeline.split_host_keys(batch)
+      jax.block_until_ready(forward(params, sharding_lib.put_process_local_batch(
+          device, sharding)))
+
+  out: dict[str, Any] = {}
+  # score() alone, on arrays gathered once: the host-side share of run().
+  gathered = multilabel.collector.run(params)
+  passes = {
+      "bare": bare,
+      "multilabel": lambda: out.__setitem__("real", multilabel.run(params)),
+      "score": lambda: multilabel.score(gathered),
+      "classification": lambda: out.__setitem__("val", classification.run(params)),
+  }
+  wall: dict[str, list[float]] = {row: [] for row in passes}
+  cpu: dict[str, list[float]] = {row: [] for row in passes}
+  for name, fn in passes.items():  # Compiles, fills the caches.
+    log(f"  in-loop warm-up {name}: {_timed(fn)[0]:.2f} s")
+  for r in range(repeats):
+    for name, fn in passes.items():
+      w, c = _timed(fn)
+      wall[name].append(w)
+      cpu[name].append(c)
+    log(f"  in-loop {r + 1}/{repeats}: " + ", ".join(
+        f"{name} {wall[name][-1]:.2f} s (CPU {cpu[name][-1]:.2f} s)" for name in passes))
+  out.update(wall=wall, cpu=cpu, examples=eval_examples,
+             num_batches=multilabel.collector.num_batches,
+             params_millions=sum(x.size for x in jax.tree.leaves(params)) / 1e6)
+  return out
+
+
+def overheads(times: dict[str, list[float]]) -> dict[str, float]:
+  """Median time of each row / median bare time, minus one.
+
+  The `score` row is a share of the bare pass (it is part of `multilabel`).
+  """
+  bare = statistics.median(times["bare"])
+  return {row: statistics.median(t) / bare - (0 if row == "score" else 1)
+          for row, t in times.items() if row != "bare"}
+
+
+def format_inloop_table(result: dict[str, Any], repeats: int) -> str:
+  """Wall and CPU time per pass; overheads relative to the bare pass."""
+  wall, cpu = result["wall"], result["cpu"]
+  over_wall, over_cpu = overheads(wall), overheads(cpu)
+  head = ("measurement", f"wall s / pass (median of {repeats})", "min wall s",
+          "ms / image", "overhead (wall)", "CPU s / pass (median)", "overhead (CPU)",
+          "target (wall)")
+  rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+
+  def share(row, value):
+    return f"{100 * value:.2f}% of bare" if row == "score" else f"{100 * value:+.1f}%"
+
+  for row, title in INLOOP_ROWS.items():
+    if row not in wall:
+      continue
+    median = statistics.median(wall[row])
+    goal = ""
+    if row == "multilabel":
+      goal = (f"< {100 * INLOOP_TARGET:g}% "
+              f"({'pass' if over_wall[row] < INLOOP_TARGET else 'FAIL'})")
+    rows.append("| " + " | ".join([
+        title, f"{median:.3f}", f"{min(wall[row]):.3f}",
+        f"{1e3 * median / result['examples']:.2f}",
+        share(row, over_wall[row]) if row in over_wall else "",
+        f"{statistics.median(cpu[row]):.3f}",
+        share(row, over_cpu[row]) if row in over_cpu else "", goal]) + " |")
+  return "\n".join(rows)
+
+
+# ------------------------------------------------------------------- driver
+
+
+def machine_line() -> str:
+  import jax  # pylint: disable=g-import-not-at-top
+
+  devices = jax.devices()
+  kinds = sorted({d.device_kind for d in devices})
+  load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+  return (f"machine: {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable), "
+          f"jax {jax.__version__} {jax.default_backend()}: {len(devices)} x "
+          f"{'/'.join(kinds)}; load average {load}")
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m big_vision_like.tools.benchmark_scoring",
+      description=__doc__.split("\n")[0])
+  parser.add_argument("--real_json", default=DEFAULT_REAL_JSON,
+                      help="the ReaL label file (default: ../shared/data/imagenet/real.json "
+                           "relative to the repo)")
+  parser.add_argument("--num_examples", type=int, default=VAL_SIZE,
+                      help="offline: rows of the logits (<= 50,000)")
+  parser.add_argument("--num_classes", type=int, default=1000,
+                      help="offline: columns of the logits (labels folded if not 1000)")
+  parser.add_argument("--variant", default="Ti/16", help="in-loop: ViT variant")
+  parser.add_argument("--image_size", type=int, default=224, help="in-loop: model input")
+  parser.add_argument("--eval_examples", type=int, default=512,
+                      help="in-loop: validation examples of the stand-in")
+  parser.add_argument("--batch", type=int, default=64, help="in-loop: eval batch size")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="timed runs of every row (interleaved); tables show the median")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--workdir", default=None,
+                      help="where to write the inputs (default: a temporary dir, removed)")
+  parser.add_argument("--skip_offline", action="store_true")
+  parser.add_argument("--skip_inloop", action="store_true")
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = _parser()
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  for flag in ("num_examples", "num_classes", "image_size", "eval_examples", "batch",
+               "repeats"):
+    if getattr(args, flag) < 1:
+      parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}.")
+  if args.skip_offline and args.skip_inloop:
+    parser.error("--skip_offline and --skip_inloop together leave nothing to measure.")
+  with tempfile.TemporaryDirectory(prefix="bvl_benchmark_scoring_") as tmp:
+    workdir = args.workdir or tmp
+    sections = []
+    if not args.skip_offline:
+      try:
+        inputs = write_offline_inputs(os.path.join(workdir, "offline"),
+                                      num_examples=args.num_examples,
+                                      num_classes=args.num_classes,
+                                      real_json=args.real_json, seed=args.seed)
+      except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
+      print(f"offline inputs: logits [{inputs.num_examples:,}, {inputs.num_classes:,}] "
+            f"float32 ({os.path.getsize(inputs.logits) / 2**20:.0f} MiB .npy), "
+            f"{inputs.num_examples:,} shuffled file names; {inputs.real_note}", flush=True)
+      offline = run_offline(inputs, args.repeats,
+                            log=lambda s: print(s, flush=True))
+      sections.append(
+          f"### Offline scorer speed (fresh process each, start-up and imports "
+          f"included)\n\nlogits [{inputs.num_examples:,}, {inputs.num_classes:,}] float32 "
+          f".npy, names in shuffled order; {inputs.real_note}\n\n"
+          + format_offline_table(offline, args.repeats))
+    if not args.skip_inloop:
+      inloop = run_inloop(os.path.join(workdir, "tfds"), variant=args.variant,
+                          image_size=args.image_size, eval_examples=args.eval_examples,
+                          batch_size=args.batch, repeats=args.repeats, seed=args.seed,
+                          log=lambda s: print(s, flush=True))
+      real = inloop["real"]
+      sections.append(
+          f"### In-loop overhead (compile and decode excluded)\n\n"
+          f"ViT-{args.variant} ({inloop['params_millions']:.1f} M params, random init) at "
+          f"{args.image_size}px on an imagenet2012_real stand-in of "
+          f"{inloop['examples']:,} validation images (cached), batch {args.batch} "
+          f"({inloop['num_batches']} batches); real@1 {100 * real['real@1']:.2f}% of "
+          f"{int(real['num_counted'])} counted\n\n"
+          + format_inloop_table(inloop, args.repeats))
+  print(f"\n{machine_line()}\n")
+  print("\n\n".join(sections))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
