@@ -90,16 +90,20 @@ def test_counts_on_eight_devices_with_odd_batch(fashion_mnist_data_dir):
   assert got["prec@5"] == pytest.approx(want["prec@5"], abs=1e-9)
 
 
-def test_correct_at_k_with_label_sets_and_ties():
-  from big_vision_like.evaluators.classification import correct_at_k
-  logits = jnp.array([[0.1, 0.9, 0.5, 0.0, 0.0, 0.0],
-                      [0.3, 0.2, 0.1, 0.0, 0.0, 0.6]])
-  multi = jnp.array([[1., 0, 1, 0, 0, 0],    # top-1 is 1 (wrong), top-2 has 2
-                     [0., 0, 0, 0, 0, 1]])
-  np.testing.assert_array_equal(correct_at_k(logits, multi, 1), [0, 1])
-  np.testing.assert_array_equal(correct_at_k(logits, multi, 2), [1, 1])
-  np.testing.assert_array_equal(correct_at_k(logits, jnp.array([2, 0]), 1), [0, 0])
-  np.testing.assert_array_equal(correct_at_k(logits, jnp.array([2, 0]), 2), [1, 1])
+def test_label_vectors_and_ties_through_the_scorer():
+  """Multi-hot label vectors become sets; equal logits rank the lower id first."""
+  from big_vision_like import label_sources
+  from big_vision_like import scoring
+  from big_vision_like.evaluators import report
+  logits = np.array([[0.1, 0.9, 0.5, 0.0, 0.0, 0.0],
+                     [0.3, 0.2, 0.1, 0.0, 0.0, 0.3]], np.float32)
+  multi = np.array([[1., 0, 1, 0, 0, 0],    # top-1 is 1 (wrong), top-2 has 2
+                    [0., 0, 0, 0, 0, 1]])   # tie 0/5: 0 ranks first
+  ids, _ = scoring.top_k(logits, 2)
+  np.testing.assert_array_equal(ids, [[1, 2], [0, 5]])
+  labels = label_sources.from_arrays({"labels": multi, "topk_ids": ids}, "t")
+  got, _ = report.score("classification", topk_ids=ids, labels=labels, ks=(1, 2))
+  assert got == {"prec@1": 0.0, "prec@2": 1.0, "num_examples": 2.0}
 
 
 def test_missing_label_key_is_named(fashion_mnist_data_dir):

@@ -36,15 +36,6 @@ from big_vision_like.evaluators import collect
 from big_vision_like.evaluators import report
 
 
-def correct_at_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-  """1.0 where one of the top-k classes is a positive label, else 0.0. [B]."""
-  if labels.ndim == 1:
-    labels = jax.nn.one_hot(labels, logits.shape[-1])
-  _, top = jax.lax.top_k(logits, k)
-  hit = jnp.take_along_axis(labels, top, axis=-1) > 0
-  return jnp.any(hit, axis=-1).astype(jnp.float32)
-
-
 def _loss_fn(loss_name: str, label_key: str) -> Callable:
   loss_fn = registry.LOSSES.get(loss_name)
 
