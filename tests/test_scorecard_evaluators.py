@@ -117,6 +117,10 @@ def test_real_scores_label_sets_and_matches_offline(data_dir, tmp_path):
   assert_same(got, offline)
   # The dump alone (its own labels) gives the same numbers too.
   assert_same(got, rescore(str(tmp_path), "real", 7))
+  # Evaluating the same step again (eval.py after training) replaces the dump.
+  assert ev.run(PARAMS, step=7) == got
+  assert_same(got, rescore(str(tmp_path), "real", 7))
+  assert not glob.glob(f"{tmp_path}/predictions/real/.*")
 
 
 def test_external_label_file_keyed_by_file_name(data_dir, tmp_path):

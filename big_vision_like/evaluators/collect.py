@@ -175,7 +175,7 @@ def save_predictions(path: str | os.PathLike, arrays: dict[str, np.ndarray],
     payload[f"meta_{k}"] = np.asarray(v)
   with tmp.open("wb") as f:
     np.savez(f, **payload)
-  tmp.rename(path)
+  tmp.replace(path)  # overwrites a dump of the same step (re-evaluation)
   logging.info("Saved %d predictions to %s", len(arrays["topk_ids"]), path)
   return str(path)
 
