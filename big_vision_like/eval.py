@@ -40,21 +40,24 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   data_axes = sharding_lib.data_axes(mesh, config.get("data_axes"))
   batch_size = config.input.batch_size
   model = train_lib.build_model(config)
-  # The model's input shape is the training pp's output shape (read from the
-  # pipeline's element spec; no example is preprocessed for it).
+  # The model's input shapes are the training pp's output shapes (read from
+  # the pipeline's element spec; no example is preprocessed for them).
   spec = input_pipeline.make_train_iterator(
       config.input.data, config.input.pp, jax.process_count(), seed=0,
-      shuffle_buffer_size=1).element_spec["image"]
-  image_shape = tuple(spec.shape[1:])
-  if None in image_shape:
-    raise ValueError(f"config.input.pp gives images of unknown shape {image_shape}; "
-                     "end it with a fixed-size op such as resize or central_crop")
-  params, _ = train_lib.init_params(model, image_shape, jax.random.key(0),
+      shuffle_buffer_size=1).element_spec
+  shapes = {}
+  for key in train_lib.model_inputs(model):
+    shapes[key] = tuple(spec[key].shape[1:])
+    if None in shapes[key]:
+      raise ValueError(f"config.input.pp gives {key!r} of unknown shape {shapes[key]}; "
+                       "end it with a fixed-size op (resize/central_crop, tokenize(len))")
+  params, _ = train_lib.init_params(model, shapes, jax.random.key(0),
                                     mesh, config.get("sharding_strategy",
                                                      [(".*", "replicate")]))
   params = ckpt_lib.load_params(str(ckpt_dir / str(step)), params)
   evaluators = train_lib.make_evaluators(
-      config, train_lib.make_predict_fn(model, config.get("device_value_range")), mesh, data_axes, batch_size=batch_size,
+      config, train_lib.make_predict_fn(model, config.get("device_value_range")), mesh,
+      data_axes, batch_size=batch_size,
       total_steps=step, num_train_examples=input_pipeline.train_examples(
           config.input.data), workdir=workdir)
   writer = metrics_lib.MetricWriter(workdir)

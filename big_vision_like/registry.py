@@ -74,11 +74,15 @@ def unknown_name_message(kind: str, name: Any, known: Iterable[str]) -> str:
 
 
 MODELS = Registry("model", ["big_vision_like.models.vit",
-                            "big_vision_like.models.resnet"])
+                            "big_vision_like.models.resnet",
+                            "big_vision_like.models.text",
+                            "big_vision_like.models.two_tower"])
 LOSSES = Registry("loss", ["big_vision_like.losses"])
 PP_OPS = Registry("pp op", ["big_vision_like.pp.ops_general",
                             "big_vision_like.pp.ops_image",
-                            "big_vision_like.pp.randaug"])
+                            "big_vision_like.pp.randaug",
+                            "big_vision_like.pp.ops_text"])
 EVALUATORS = Registry("evaluator", ["big_vision_like.evaluators.classification",
                                      "big_vision_like.evaluators.multilabel",
                                      "big_vision_like.evaluators.calibration"])
+TOKENIZERS = Registry("tokenizer", ["big_vision_like.text.tokenizers"])

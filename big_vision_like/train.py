@@ -78,8 +78,37 @@ def device_images(images: jax.Array, value_range: Sequence[float] | None) -> jax
   return images.astype(jnp.float32) / 255.0 * (vmax - vmin) + vmin
 
 
+def is_two_tower(model) -> bool:
+  return bool(getattr(model, "is_two_tower", False))
+
+
+def model_inputs(model) -> tuple[str, ...]:
+  """The batch keys the model reads: image (+ text for two-tower models)."""
+  return ("image", "text") if is_two_tower(model) else ("image",)
+
+
 def make_predict_fn(model, value_range: Sequence[float] | None = None
-                    ) -> Callable[[Any, dict], jax.Array]:
+                    ) -> Callable[[Any, dict], Any]:
+  """(params, batch) -> logits; for a two-tower model a dict instead.
+
+  The two-tower dict holds "zimg" (if the batch has "image"), "ztxt" (if it
+  has "text"), and the temperature "t" and bias "b".
+  """
+  if is_two_tower(model):
+    def embed(params, batch):
+      image = batch.get("image")
+      if image is not None:
+        image = device_images(image, value_range)
+      zimg, ztxt, aux = model.apply({"params": params}, image, batch.get("text"),
+                                    train=False)
+      out = {"t": aux["t"], "b": aux["b"]}
+      if zimg is not None:
+        out["zimg"] = zimg
+      if ztxt is not None:
+        out["ztxt"] = ztxt
+      return out
+    return embed
+
   def predict(params, batch):
     logits, _ = model.apply({"params": params},
                             device_images(batch["image"], value_range), train=False)
@@ -87,11 +116,29 @@ def make_predict_fn(model, value_range: Sequence[float] | None = None
   return predict
 
 
-def init_params(model, image_shape, rng, mesh, strategy):
-  """Parameters created directly with their final sharding (never replicated first)."""
+def _dummy_inputs(model, shapes) -> tuple[jax.Array, ...]:
+  """One zero example per model input; `shapes` is the image shape, or a dict
+  {key: shape} (two-tower: "image" and "text")."""
+  if not isinstance(shapes, dict):
+    shapes = {"image": tuple(shapes)}
+  out = []
+  for key in model_inputs(model):
+    if key not in shapes:
+      raise ValueError(f"the model needs batch key {key!r} (shapes given: {sorted(shapes)})")
+    dtype = jnp.int32 if key == "text" else jnp.float32
+    out.append(jnp.zeros((1, *shapes[key]), dtype))
+  return tuple(out)
+
+
+def init_params(model, shapes, rng, mesh, strategy):
+  """Parameters created directly with their final sharding (never replicated first).
+
+  `shapes`: the image shape (without batch), or {batch key: shape}.
+  """
+  dummies = _dummy_inputs(model, shapes)
+
   def init(rng):
-    dummy = jnp.zeros((1, *image_shape), jnp.float32)
-    return model.init({"params": rng}, dummy, train=False)["params"]
+    return model.init({"params": rng}, *dummies, train=False)["params"]
   abstract = jax.eval_shape(init, rng)
   shardings = sharding_lib.param_shardings(abstract, mesh, strategy)
   return jax.jit(init, out_shardings=shardings)(rng), shardings
@@ -112,7 +159,13 @@ def init_state(params, tx, mesh, strategy):
 def jit_train_step(config, model, tx, schedule, mesh, state_shardings, batch_shardings):
   """The sharded, state-donating jitted train step (shared with the benchmark)."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  step_fn = make_train_step(model, registry.LOSSES.get(config.loss), tx, schedule,
+  if is_two_tower(model):
+    from big_vision_like import contrastive as contrastive_lib  # pylint: disable=g-import-not-at-top
+    loss_fn = contrastive_lib.get_loss(config.loss, mesh=mesh,
+                                       axis=sharding_lib.data_axes(mesh, config.get("data_axes")))
+  else:
+    loss_fn = registry.LOSSES.get(config.loss)
+  step_fn = make_train_step(model, loss_fn, tx, schedule,
                             config.get("grad_accum_steps", 1) or 1,
                             value_range=config.get("device_value_range"),
                             mixup=mixup_lib.from_config(config.get("mixup")))
@@ -121,12 +174,37 @@ def jit_train_step(config, model, tx, schedule, mesh, state_shardings, batch_sha
                  out_shardings=(state_shardings, replicated), donate_argnums=0)
 
 
-def forward_flops_per_image(model, params, image_shape) -> float | None:
-  """Forward FLOPs of one image (XLA cost analysis), for MFU and GFLOPs/image."""
+def forward_flops_per_image(model, params, shapes) -> float | None:
+  """Forward FLOPs of one example (XLA cost analysis), for MFU and GFLOPs/image."""
+  dummies = _dummy_inputs(model, shapes)
   return metrics_lib.forward_flops(
-      lambda p, x: make_predict_fn(model)(p, {"image": x}),
+      lambda p, *x: model.apply({"params": p}, *x, train=False),
       jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params),
-      jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+      *(jax.ShapeDtypeStruct(d.shape, d.dtype) for d in dummies))
+
+
+def init_from_checkpoints(params: Any, model_init: Any, skip: Sequence[str] = ()) -> Any:
+  """Loads `config.model_init` into `params`.
+
+  `model_init` is a path (the whole model), or {subtree: path} to load a
+  checkpoint into one part of the model: `{"img": "<workdir of a supervised
+  ViT>"}` fills the image tower of a two-tower model (LiT). `skip` regexes
+  match full parameter names ("img/head/.*") and keep those params fresh.
+  """
+  if not isinstance(model_init, (dict, ml_collections.ConfigDict)):
+    out = ckpt_lib.load_params(str(model_init), params, skip=list(skip))
+    logging.info("Initialised params from %s (skipping %s)", model_init, list(skip))
+    return out
+  params = dict(params)
+  for prefix, path in dict(model_init).items():
+    if prefix not in params:
+      raise config_lib.ConfigError(
+          f"config.model_init.{prefix}: the model has no parameter subtree {prefix!r} "
+          f"(it has {sorted(params)})")
+    sub_skip = [s[len(prefix) + 1:] for s in skip if s.startswith(prefix + "/")]
+    params[prefix] = ckpt_lib.load_params(str(path), params[prefix], skip=sub_skip)
+    logging.info("Initialised %s/ from %s (skipping %s)", prefix, path, sub_skip)
+  return params
 
 
 def make_evaluators(config, predict_fn, mesh, data_axes, *, batch_size,
@@ -233,21 +311,32 @@ def make_train_step(model, loss_fn, tx, schedule, accum_steps: int, *,
   only on (base_rng, step), before any split into micro-batches.
   """
 
+  two_tower = is_two_tower(model)
+
   def loss_and_grads(params, images, labels, rng):
+    # labels: classification targets, or the text tokens of a two-tower model.
     def loss_of(params):
+      if two_tower:
+        zimg, ztxt, aux = model.apply({"params": params}, images, labels, train=True,
+                                      rngs={"dropout": rng})
+        loss, extra = loss_fn(zimg, ztxt, aux["t"], aux["b"])
+        return loss, {"train/t": aux["t"], "train/b": aux["b"],
+                      **{f"train/{k}": v for k, v in extra.items()}}
       logits, _ = model.apply({"params": params}, images, train=True,
                               rngs={"dropout": rng})
-      return jnp.mean(loss_fn(logits, labels))
-    return jax.value_and_grad(loss_of)(params)
+      return jnp.mean(loss_fn(logits, labels)), {}
+    (loss, extra), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+    return loss, grads, extra
 
   def step_fn(state, batch, step, base_rng):
     rng = jax.random.fold_in(base_rng, step)
-    images, labels = device_images(batch["image"], value_range), batch["labels"]
+    images = device_images(batch["image"], value_range)
+    labels = batch["text"] if two_tower else batch["labels"]
     if mixup is not None:
       images, labels, _, _ = mixup_lib.mix(mixup_lib.step_key(base_rng, step),
                                            images, labels, mixup)
     if accum_steps == 1:
-      loss, grads = loss_and_grads(state["params"], images, labels, rng)
+      loss, grads, extra = loss_and_grads(state["params"], images, labels, rng)
     else:
       # Micro-batches: example i goes to micro-batch i % accum_steps, which keeps
       # every micro-batch evenly spread over the data-sharded batch dimension.
@@ -256,16 +345,17 @@ def make_train_step(model, loss_fn, tx, schedule, accum_steps: int, *,
         return jnp.swapaxes(x, 0, 1)
       def body(carry, xs):
         i, (im, lb) = xs
-        l, g = loss_and_grads(state["params"], im, lb, jax.random.fold_in(rng, i))
+        l, g, _ = loss_and_grads(state["params"], im, lb, jax.random.fold_in(rng, i))
         return jax.tree.map(jnp.add, carry, (l, g)), None
       zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state["params"]))
       (loss, grads), _ = jax.lax.scan(
           body, zeros, (jnp.arange(accum_steps), (split(images), split(labels))))
       loss, grads = jax.tree.map(lambda x: x / accum_steps, (loss, grads))
+      extra = {}
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {"train/loss": loss, "train/grad_norm": optax.global_norm(grads),
-               "train/lr": schedule(step)}
+               "train/lr": schedule(step), **extra}
     return {"params": params, "opt": opt}, metrics
 
   return step_fn
@@ -323,16 +413,26 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   first_batch, _ = input_pipeline.split_host_keys(next(train_iter))
   if first_batch.get("image") is not None and first_batch["image"].dtype == np.uint8:
     device_images(first_batch["image"][:1], config.get("device_value_range"))  # fails early
-  for key in ("image", "labels"):
+  model = build_model(config)
+  needed = ("image", "text") if is_two_tower(model) else ("image", "labels")
+  for key in needed:
     if key not in first_batch:
       raise config_lib.ConfigError(
-          f"config.input.pp must produce {key!r}; it produced {sorted(first_batch)}")
-
-  model = build_model(config)
+          f"config.input.pp must produce {key!r} for model {config.model_name!r}; it "
+          f"produced {sorted(first_batch)}")
+  if is_two_tower(model):
+    if config.get("mixup"):
+      raise config_lib.ConfigError("config.mixup is for classification; a two-tower "
+                                   "model has no labels to mix")
+    if (config.get("grad_accum_steps", 1) or 1) > 1:
+      raise config_lib.ConfigError(
+          "config.grad_accum_steps > 1 would change a contrastive loss (fewer negatives "
+          "per micro-batch); use a smaller batch or the chunked sigmoid loss instead")
+  shapes = {k: first_batch[k].shape[1:] for k in model_inputs(model)}
   rng = jax.random.key(config.get("seed", 0))
   init_rng, dropout_rng = jax.random.split(rng)
   strategy = config.get("sharding_strategy", [(".*", "replicate")])
-  params, _ = init_params(model, first_batch["image"].shape[1:], init_rng, mesh, strategy)
+  params, _ = init_params(model, shapes, init_rng, mesh, strategy)
   tx, schedule = optim.make_optimizer(config, params, total_steps=total_steps,
                                       batch_size=batch_size, num_examples=num_examples)
   state, abstract_state, state_shardings = init_state(params, tx, mesh, strategy)
@@ -344,10 +444,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     start_step = restored_step
     logging.info("Resumed from step %d (%s)", start_step, meta)
   elif config.get("model_init"):
-    state["params"] = ckpt_lib.load_params(config.model_init, state["params"],
-                                           skip=config.get("model_init_skip", ()))
-    logging.info("Initialised params from %s (skipping %s)", config.model_init,
-                 list(config.get("model_init_skip", ())))
+    state["params"] = init_from_checkpoints(state["params"], config.model_init,
+                                            config.get("model_init_skip", ()))
 
   train_step = jit_train_step(config, model, tx, schedule, mesh, state_shardings,
                               {k: batch_sharding for k in first_batch})
@@ -358,7 +456,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                workdir=str(workdir_path))
   writer = metrics_lib.MetricWriter(str(workdir_path), is_main=is_main)
   peak, peak_source = metrics_lib.peak_flops_per_device(config.get("peak_flops"))
-  fwd = forward_flops_per_image(model, params, first_batch["image"].shape[1:])
+  fwd = forward_flops_per_image(model, params, shapes)
   flops_per_step = 3 * fwd * batch_size if fwd else None
   logging.info("Devices: %d (%s), mesh %s, %d processes. Model: %s GFLOPs/image forward. "
                "Peak %.3g FLOP/s per device (%s). %d params.", jax.device_count(),

@@ -1,0 +1,1 @@
+"""Text side of image-text models: tokenizers shared by pp ops and evaluators."""
