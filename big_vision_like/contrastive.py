@@ -272,7 +272,7 @@ def _ring_siglip(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array, *
   travel, stay = jax.lax.fori_loop(1, n, step, (travel, stay))
   # After n - 1 hops each chunk sits on the device just before its home; one
   # more hop brings what was learned about it back.
-  home = to_next({k: v for k, v in travel.items() if k != "ztxt"})
+  home = {k: v for k, v in travel.items() if k != "ztxt"}
 
   def total(x):
     return jax.lax.psum(x, axis_name)

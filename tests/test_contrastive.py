@@ -64,12 +64,12 @@ ZIMG_B, ZTXT_B = np.eye(3, dtype=np.float32), M_B.T.copy()
 def test_clip_loss_by_hand_2x2():
   loss, m = contrastive.clip_loss(ZIMG_A, ZTXT_A, 2.0)
   # Row i: logsumexp(row) - logits[i, i] = softplus(other - own) with 2 items.
-  i2t = (sp(2.0 - 1.2) + sp(1.6 - 0.0)) / 2   # (1.17114 + 1.78853) / 2
-  t2i = (sp(1.6 - 1.2) + sp(2.0 - 0.0)) / 2   # (0.91301 + 2.12693) / 2
+  i2t = (sp(2.0 - 1.2) + sp(1.6 - 0.0)) / 2   # (1.171101 + 1.783901) / 2
+  t2i = (sp(1.6 - 1.2) + sp(2.0 - 0.0)) / 2   # (0.913015 + 2.126928) / 2
   assert float(m["loss_img2txt"]) == pytest.approx(i2t, rel=1e-6)
   assert float(m["loss_txt2img"]) == pytest.approx(t2i, rel=1e-6)
   assert float(loss) == pytest.approx((i2t + t2i) / 2, rel=1e-6)
-  assert float(loss) == pytest.approx(1.499902, abs=1e-5)
+  assert float(loss) == pytest.approx(1.498736, abs=1e-6)
   assert float(m["acc_img2txt"]) == 0.0 and float(m["acc_txt2img"]) == 0.0
 
 
@@ -100,7 +100,7 @@ def test_siglip_loss_by_hand_2x2():
   assert float(m["loss_pos"]) == pytest.approx(pos, rel=1e-6)
   assert float(m["loss_neg"]) == pytest.approx(neg, rel=1e-6)
   assert float(loss) == pytest.approx(pos + neg, rel=1e-6)
-  assert float(loss) == pytest.approx(2.279066, abs=1e-5)
+  assert float(loss) == pytest.approx(2.131075, abs=1e-6)
   assert float(m["acc_img2txt"]) == 0.0 and float(m["acc_txt2img"]) == 0.0
 
 
@@ -213,7 +213,8 @@ def _value_and_grads(loss_fn, *args):
 
 
 @pytest.mark.parametrize("mesh_config, axis", MESHES, ids=lambda x: str(x))
-@pytest.mark.parametrize("batch, seed", [(64, 1), (8, 2)])
+# Seeds whose in-batch accuracies differ by direction (checked below).
+@pytest.mark.parametrize("batch, seed", [(64, 3), (8, 0)])
 def test_chunked_siglip_equals_dense(devices, mesh_config, axis, batch, seed):
   mesh = sharding_lib.make_mesh(mesh_config, devices)
   zimg, ztxt = _embeddings(batch, 16, seed, matched=0.5)
@@ -315,7 +316,9 @@ def test_chunked_siglip_across_two_processes(tmp_path):
             abs(float(loss) - float(want)) / float(want),
             max(float(np.abs(np.asarray(g) - np.asarray(w)).max())
                 for g, w in zip(grads, want_grads)),
-            max(abs(float(m[k]) - float(want_m[k])) for k in want_m))
+            max(abs(float(m[k]) - float(w)) / max(1.0, abs(float(w)))
+                for k, w in want_m.items()),
+            float(want_m["acc_img2txt"]), float(want_m["acc_txt2img"]))
   """))
   port = _free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
@@ -327,6 +330,7 @@ def test_chunked_siglip_across_two_processes(tmp_path):
   for i, (p, log) in enumerate(zip(procs, logs)):
     assert p.returncode == 0, f"process {i}:\n{log[-3000:]}"
     line = next(l for l in log.splitlines() if l.startswith("RESULT "))
-    n_dev, n_local, loss_rel, grad_diff, metric_diff = line.split()[1:]
+    n_dev, n_local, loss_rel, grad_diff, metric_diff, acc_i, acc_t = line.split()[1:]
     assert (int(n_dev), int(n_local)) == (4, 2)
-    assert float(loss_rel) < 1e-5 and float(grad_diff) < 1e-5 and float(metric_diff) < 1e-6
+    assert float(acc_i) > 0 or float(acc_t) > 0  # the accuracy check means something
+    assert float(loss_rel) < 1e-5 and float(grad_diff) < 1e-5 and float(metric_diff) < 1e-5

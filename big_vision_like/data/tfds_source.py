@@ -7,7 +7,8 @@ with the exact command that prepares it: `prepare_imagenet` for the ImageNet
 datasets made from the ILSVRC tarballs, `image_folder` for a name TFDS does
 not know (a user's own dataset), `tfds build` for everything else.
 Fashion-MNIST is the exception: it is prepared automatically from Debian's
-local files (see `fashion_mnist.py`).
+local files (see `fashion_mnist.py`), and so is its captioned image-text
+version `fashion_mnist_captions` (see `fashion_captions.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import tensorflow_datasets as tfds
 
 from big_vision_like import registry
+from big_vision_like.data import fashion_captions
 from big_vision_like.data import fashion_mnist
 from big_vision_like.data import image_folder
 from big_vision_like.data import imagenet_variants
@@ -87,13 +89,15 @@ def get_builder(name: str, data_dir: str | None = None
                 ) -> tfds.core.DatasetBuilder:
   """Returns the prepared TFDS builder for `name` ("ds", "ds/config:1.0.0").
 
-  Fashion-MNIST is prepared on first use from the local idx files; any other
-  dataset that is missing raises `DatasetNotPreparedError` with the command
-  that prepares it.
+  Fashion-MNIST and `fashion_mnist_captions` are prepared on first use from
+  the local idx files; any other dataset that is missing raises
+  `DatasetNotPreparedError` with the command that prepares it.
   """
   data_dir = _resolve_data_dir(data_dir)
   if _base_name(name) == fashion_mnist.NAME:
     fashion_mnist.prepare(data_dir)
+  elif _base_name(name) == fashion_captions.NAME:  # Image-text; built from it.
+    fashion_captions.prepare(data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
