@@ -19,6 +19,9 @@ of texts at a time. The sigmoid loss is a plain sum over pairs, so blocks
 can be added up in any order; CLIP's softmax needs a normaliser over a whole
 row and column, which is why only SigLIP gets the chunked form here.
 
+`get_loss(config.loss, mesh=..., axis=...)` gives the trainer any of them
+by name ("clip", "siglip", "chunked_siglip") with one signature.
+
 Conventions shared by all functions:
   - `zimg`, `ztxt`: [B, D] embeddings, row i of each is a matching pair.
     They are expected to be L2-normalised already (the model does that);
@@ -35,13 +38,18 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
+from big_vision_like import registry
+
 Metrics = dict[str, jax.Array]
+# (zimg, ztxt, t, b) -> (loss, metrics): what `get_loss` hands the trainer.
+ContrastiveLoss = Callable[[jax.Array, jax.Array, jax.Array, jax.Array],
+                           tuple[jax.Array, Metrics]]
 
 
 def _check_embeddings(zimg: jax.Array, ztxt: jax.Array, fn: str
@@ -179,11 +187,14 @@ def siglip_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array | float,
 # sigmoids or text chunk, n of them: O(B_global * Bl) or O(B_global * D) per
 # device, no better than the dense loss), a custom VJP computes the full
 # gradient during the same ring pass when differentiating, and the backward
-# pass only scales it. Measured on 8 CPU devices, B = 4096, D = 768: XLA temp
-# memory per device of value_and_grad is 36 MiB dense, 23.5 MiB for autodiff
-# through the ring (with or without jax.checkpoint per step), 8 MiB here. The gradient of a text chunk is accumulated in a buffer
-# that travels with the chunk and takes one more hop at the end to reach the
-# chunk's home device; image gradients stay where the images are.
+# pass only scales it. Measured on 8 CPU devices, B = 4096, D = 768, gradients
+# kept sharded: XLA temp memory per device of value_and_grad is 44 MiB dense
+# and 8 MiB here (tools/benchmark_contrastive.py); plain autodiff through an
+# unrolled ring (measured once, with or without jax.checkpoint per step) took
+# 23.5 MiB.
+# The gradient of a text chunk is accumulated in a buffer that travels with
+# the chunk and takes one more hop at the end to reach the chunk's home
+# device; image gradients stay where the images are.
 
 
 def _data_axes(mesh: Mesh, axis: str | Sequence[str], fn: str) -> tuple[str, ...]:
@@ -272,7 +283,7 @@ def _ring_siglip(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array, *
   travel, stay = jax.lax.fori_loop(1, n, step, (travel, stay))
   # After n - 1 hops each chunk sits on the device just before its home; one
   # more hop brings what was learned about it back.
-  home = {k: v for k, v in travel.items() if k != "ztxt"}
+  home = to_next({k: v for k, v in travel.items() if k != "ztxt"})
 
   def total(x):
     return jax.lax.psum(x, axis_name)
@@ -314,7 +325,8 @@ def chunked_siglip_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array | float,
 
   When differentiated, the gradients are computed in the same single ring
   pass (a custom VJP; see the comment above `_ring_siglip`), so training
-  costs one pass, not a forward and a backward ring.
+  costs one pass, not a forward and a backward ring. Being a custom VJP,
+  it supports reverse mode (grad, vjp) but not forward mode (jvp).
 
   Works inside or outside `jax.jit`, on any mesh: `axis` is the mesh axis
   (or tuple of axes, e.g. ("data", "fsdp") as from `sharding.data_axes`)
@@ -372,3 +384,41 @@ def chunked_siglip_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array | float,
   loss_fn.defvjp(loss_fwd, loss_bwd)
   loss, metrics = loss_fn(zimg, ztxt, t, b)
   return loss, jax.lax.stop_gradient(metrics)
+
+
+# --- Lookup by name (config.loss of a two-tower model) -------------------------
+
+_LOSSES = registry.Registry("contrastive loss")
+
+
+@_LOSSES.register("clip")
+def _clip(mesh: Mesh, axis: str | Sequence[str]) -> ContrastiveLoss:
+  del mesh, axis  # Dense: jit and the input shardings do the distribution.
+  return lambda zimg, ztxt, t, b: clip_loss(zimg, ztxt, t)  # CLIP has no bias.
+
+
+@_LOSSES.register("siglip")
+def _siglip(mesh: Mesh, axis: str | Sequence[str]) -> ContrastiveLoss:
+  del mesh, axis
+  return siglip_loss
+
+
+@_LOSSES.register("chunked_siglip")
+def _chunked_siglip(mesh: Mesh, axis: str | Sequence[str]) -> ContrastiveLoss:
+  _data_axes(mesh, axis, "config.loss='chunked_siglip'")  # Fail at start-up.
+  return functools.partial(chunked_siglip_loss, mesh=mesh, axis=axis)
+
+
+def get_loss(name: str, *, mesh: Mesh, axis: str | Sequence[str] = "data"
+             ) -> ContrastiveLoss:
+  """The contrastive loss named by `config.loss`, as `(zimg, ztxt, t, b) -> (loss, metrics)`.
+
+  Names: "clip" (`clip_loss`; ignores b), "siglip" (`siglip_loss`),
+  "chunked_siglip" (`chunked_siglip_loss` over `mesh`, batch split over
+  `axis`). An unknown name fails naming config.loss and the known names.
+  """
+  if name not in _LOSSES:
+    raise registry.UnknownNameError(
+        "config.loss: " + registry.unknown_name_message(
+            "contrastive loss name", name, _LOSSES.names()))
+  return _LOSSES.get(name)(mesh, axis)

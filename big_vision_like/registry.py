@@ -84,5 +84,7 @@ PP_OPS = Registry("pp op", ["big_vision_like.pp.ops_general",
                             "big_vision_like.pp.ops_text"])
 EVALUATORS = Registry("evaluator", ["big_vision_like.evaluators.classification",
                                      "big_vision_like.evaluators.multilabel",
-                                     "big_vision_like.evaluators.calibration"])
+                                     "big_vision_like.evaluators.calibration",
+                                     "big_vision_like.evaluators.zeroshot",
+                                     "big_vision_like.evaluators.retrieval"])
 TOKENIZERS = Registry("tokenizer", ["big_vision_like.text.tokenizers"])

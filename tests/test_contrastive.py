@@ -249,12 +249,12 @@ def test_chunked_siglip_eager_numpy_and_bfloat16(devices):
   # bfloat16 embeddings: computed in float32, gradients in bfloat16.
   zi16, zt16 = jnp.asarray(zimg, jnp.bfloat16), jnp.asarray(ztxt, jnp.bfloat16)
   f = lambda zi, zt: contrastive.chunked_siglip_loss(zi, zt, 10.0, -5.0, mesh=mesh)[0]
-  loss16, (gi, gt) = jax.value_and_grad(f, argnums=(0, 1))(zi16, zt16)
+  loss16, (gi, gt) = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(zi16, zt16)
   want = _numpy_losses(np.asarray(zi16, np.float32), np.asarray(zt16, np.float32),
                        10.0, -5.0)[1]
   assert loss16.dtype == jnp.float32 and float(loss16) == pytest.approx(want, rel=1e-5)
   assert gi.dtype == gt.dtype == jnp.bfloat16
-  dense_gi = jax.grad(lambda zi: contrastive.siglip_loss(zi, zt16, 10.0, -5.0)[0])(zi16)
+  dense_gi = jax.jit(jax.grad(lambda zi: contrastive.siglip_loss(zi, zt16, 10.0, -5.0)[0]))(zi16)
   np.testing.assert_allclose(np.asarray(gi, np.float32), np.asarray(dense_gi, np.float32),
                              atol=1e-2)
 
@@ -278,6 +278,28 @@ def test_chunked_siglip_errors_name_the_culprit(devices):
     contrastive.clip_loss(zimg[:8], ztxt[:4], 1.0)
   with pytest.raises(ValueError, match=r"siglip_loss: t must hold exactly one"):
     contrastive.siglip_loss(zimg, ztxt, jnp.ones((1, 2)), 0.0)
+
+
+def test_get_loss_by_name(devices):
+  mesh = sharding_lib.make_mesh([("data", 4), ("fsdp", 2)], devices)
+  zimg, ztxt = _embeddings(16, 8, seed=4)
+  want_clip, want_siglip = _numpy_losses(zimg, ztxt, 10.0, -5.0)
+  axes = sharding_lib.data_axes(mesh)  # ("data", "fsdp"), as the trainer passes it
+  for name, want in [("clip", want_clip), ("siglip", want_siglip),
+                     ("chunked_siglip", want_siglip)]:
+    loss_fn = contrastive.get_loss(name, mesh=mesh, axis=axes)
+    loss, metrics = jax.jit(loss_fn)(zimg, ztxt, jnp.array([10.0]), jnp.array([-5.0]))
+    assert float(loss) == pytest.approx(want, rel=1e-5), name
+    assert "acc_img2txt" in metrics
+  # A classification loss named for a two-tower model.
+  with pytest.raises(ValueError, match=r"config\.loss: Unknown contrastive loss name "
+                                       r"'softmax_xent'\. Known contrastive loss names: "
+                                       r"chunked_siglip, clip, siglip\.$"):
+    contrastive.get_loss("softmax_xent", mesh=mesh)
+  with pytest.raises(ValueError, match=r"Did you mean 'siglip'"):
+    contrastive.get_loss("siglp", mesh=mesh)
+  with pytest.raises(ValueError, match=r"config\.loss='chunked_siglip': axis 'batch' is not"):
+    contrastive.get_loss("chunked_siglip", mesh=mesh, axis="batch")
 
 
 def _free_port() -> int:

@@ -16,7 +16,8 @@ automatically on first use by `tfds_source.get_builder`:
 
   features: image     Image (28, 28, 1) uint8, PNG (the bytes of fashion_mnist)
             label     ClassLabel, the 10 Fashion-MNIST names
-            captions  Sequence(Text), CAPTIONS_PER_IMAGE per image
+            captions  Sequence(Text, length=CAPTIONS_PER_IMAGE): a fixed
+                      count, so tokenized captions batch as [3, max_len]
             file_name Text, "{split}_{index:05d}"
   splits:   train (60,000), test (10,000)
 
@@ -152,7 +153,8 @@ def features(label_names: Sequence[str]) -> tfds.features.FeaturesDict:
   return tfds.features.FeaturesDict({
       "image": tfds.features.Image(shape=(28, 28, 1)),
       "label": tfds.features.ClassLabel(names=list(label_names)),
-      "captions": tfds.features.Sequence(tfds.features.Text()),
+      "captions": tfds.features.Sequence(tfds.features.Text(),
+                                         length=CAPTIONS_PER_IMAGE),
       "file_name": tfds.features.Text(),
   })
 
