@@ -186,8 +186,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     input_pipeline.data_sources(config.input.data)
   except ValueError as e:
     raise ConfigError(f"config.{e}") from None
-  registry.MODELS.get(config.model_name)
-  registry.LOSSES.get(config.loss)
+  model_cls = registry.MODELS.get(config.model_name)
+  if getattr(model_cls, "is_two_tower", False):
+    from big_vision_like import contrastive  # pylint: disable=g-import-not-at-top
+    if config.loss not in contrastive.LOSS_NAMES:
+      raise ConfigError(f"config.loss={config.loss!r}: a two-tower model trains with a "
+                        f"contrastive loss, one of {', '.join(contrastive.LOSS_NAMES)}")
+  else:
+    registry.LOSSES.get(config.loss)
   pp_builder.get_preprocess_fn(config.input.pp)
   mixup_lib.from_config(config.get("mixup"))
   for name, ev in config.get("evals", {}).items():

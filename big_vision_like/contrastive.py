@@ -409,6 +409,9 @@ def _chunked_siglip(mesh: Mesh, axis: str | Sequence[str]) -> ContrastiveLoss:
   return functools.partial(chunked_siglip_loss, mesh=mesh, axis=axis)
 
 
+LOSS_NAMES: tuple[str, ...] = tuple(_LOSSES.names())
+
+
 def get_loss(name: str, *, mesh: Mesh, axis: str | Sequence[str] = "data"
              ) -> ContrastiveLoss:
   """The contrastive loss named by `config.loss`, as `(zimg, ztxt, t, b) -> (loss, metrics)`.

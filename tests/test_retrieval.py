@@ -10,9 +10,6 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import gzip  # noqa: E402
-import struct  # noqa: E402
-
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -24,6 +21,7 @@ from big_vision_like.data import fashion_captions  # noqa: E402
 from big_vision_like.data import tfds_writer  # noqa: E402
 from big_vision_like.evaluators import retrieval  # noqa: E402
 from big_vision_like.text import tokenizers  # noqa: E402
+from test_fashion_captions import tiny_source  # noqa: E402
 
 L = 40
 # Captions per image (image 3 has none). Texts in order: j0..j5.
@@ -64,7 +62,7 @@ def predict(params, batch):
 
 TEXTS = [c for caps in CAPTIONS for c in caps]
 PARAMS = make_params(np.eye(4), {c: S[:, j] for j, c in enumerate(TEXTS)})
-PP = f"decode|tokenize({L}, key='captions', key_result='captions')|keep('image', 'captions')"
+PP = f"decode|tokenize({L}, key='captions')|keep('image', 'captions')"
 
 
 @pytest.fixture(scope="module")
@@ -80,19 +78,6 @@ def data_dir(tmp_path_factory):
                "file_name": f"img{i}"} for i in reversed(range(4))]
   tfds_writer.write_dataset("ret_toy", d, {"test": examples}, features=features)
   return d
-
-
-def tiny_source(tmp_path) -> str:
-  """Fashion-MNIST idx files: 50 train, 23 test images; pixel = id, label = id % 10."""
-  source = tmp_path / "source"
-  source.mkdir()
-  for prefix, ids in (("train", np.arange(50)), ("t10k", np.arange(100, 123))):
-    images = np.repeat(ids.astype(np.uint8), 28 * 28)
-    with gzip.open(source / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
-      f.write(struct.pack(">IIII", 0x803, len(ids), 28, 28) + images.tobytes())
-    with gzip.open(source / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
-      f.write(struct.pack(">II", 0x801, len(ids)) + (ids % 10).astype(np.uint8).tobytes())
-  return str(source)
 
 
 def make(data, **kw):

@@ -49,7 +49,7 @@ CLASS_EMB = {  # (prompt, class) -> embedding
 IMAGES = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0]], np.float32)
 LABELS = [0, 0, 1, 1]
 PP = "decode|keep('image', 'label')"
-PP_TXT = f"tokenize({L}, key_result='text')"
+PP_TXT = f"tokenize({L})"
 
 
 def make_params(text_emb: dict[str, list[float]], images=IMAGES, t=T):
@@ -193,11 +193,12 @@ def test_calibration_scorer_and_per_class_names(data_dir, tmp_path):
 
 
 def test_pp_txt_tokens_in_labels_and_canonical_text(data_dir):
-  # The tokenize op's default output key is "labels"; canonicalize_text
-  # changes the strings, so the table holds the canonical forms.
+  # Tokens may also land in "labels"; canonicalize_text changes the strings,
+  # so the table holds the canonical forms.
   canon = lambda s: ops_text.canonicalize(tf.constant(s)).numpy().decode()
   params = make_params(toy_text_emb(canon))
-  ev = make(data_dir, pp_txt=f"canonicalize_text|tokenize({L})", ensemble="weighted")
+  ev = make(data_dir, pp_txt=f"canonicalize_text|tokenize({L}, key_result='labels')",
+            ensemble="weighted")
   assert ev.run(params)["prec@1"] == 1.0
   np.testing.assert_allclose(ev.last_weights, hand_weights(), rtol=1e-6)
   # Without canonicalisation no prompt is in the table: zero embeddings.
@@ -264,3 +265,41 @@ def test_scorecard_helper_makes_every_eval_zeroshot():
   assert all(ev["ensemble"] == "weighted" for ev in evals.values())
   with pytest.raises(ValueError, match="'retrieval' has no zero-shot form"):
     zeroshot.as_zeroshot({"type": "retrieval"})
+
+
+def test_real_two_tower_model_through_the_train_predict_fn(tmp_path):
+  """The evaluator on a (random) TwoTower via `train.make_predict_fn`, on the
+  embedded `fashion_mnist_captions`, against the same model applied by hand."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from big_vision_like import train  # pylint: disable=g-import-not-at-top
+  from test_fashion_captions import tiny_source  # pylint: disable=g-import-not-at-top
+  data_dir = fashion_captions.prepare(str(tmp_path / "tfds"), tiny_source(tmp_path))
+  tiny = dict(width=32, depth=1, mlp_dim=64, num_heads=2)
+  model = registry.MODELS.get("two_tower")(
+      image_model="vit", image=dict(variant="Ti/7", **tiny),
+      text=dict(vocab_size=259, **tiny), embed_dim=16)
+  mesh = sharding_lib.make_mesh([("data", -1)])
+  params, _ = train.init_params(model, {"image": (28, 28, 3), "text": (16,)},
+                                jax.random.key(0), mesh, [(".*", "replicate")])
+  predict_fn = train.make_predict_fn(model, (-1, 1))
+  ev = registry.EVALUATORS.get("zeroshot")(
+      predict_fn, data=dict(name="fashion_mnist_captions", split="test", data_dir=data_dir),
+      pp="decode|keep('image', 'label')", batch_size=8, mesh=mesh, data_axes=("data",),
+      class_names="fashion_mnist", prompts="fashion_mnist_heldout", label_key="label",
+      pp_txt="canonicalize_text|tokenize(16)")
+  got = ev.run(params)
+  # By hand: the same prompts through the tokenizer's Python twin.
+  canon = lambda s: ops_text.canonicalize(tf.constant(s)).numpy().decode()
+  texts = [canon(p.replace("{}", c)) for p in fashion_captions.HELDOUT_TEMPLATES
+           for c in fashion_captions.CLASS_NAMES]
+  tokens = tokenizers.get_tokenizer("bytes").encode_fixed(texts, 16)
+  ztxt = np.asarray(predict_fn(params, {"text": tokens})["ztxt"], np.float64)
+  ztxt = ztxt.reshape(len(fashion_captions.HELDOUT_TEMPLATES), 10, -1)
+  ztxt /= np.linalg.norm(ztxt, axis=-1, keepdims=True)
+  class_emb = ztxt.mean(0) / np.linalg.norm(ztxt.mean(0), axis=-1, keepdims=True)
+  exs = list(tfds.as_numpy(tfds.load("fashion_mnist_captions", split="test",
+                                     data_dir=data_dir)))
+  images = np.stack([np.repeat(e["image"], 3, axis=-1) for e in exs])
+  zimg = np.asarray(predict_fn(params, {"image": images})["zimg"], np.float64)
+  want = np.mean((zimg @ class_emb.T).argmax(1) == [e["label"] for e in exs])
+  assert got["prec@1"] == pytest.approx(want) and got["num_examples"] == 23

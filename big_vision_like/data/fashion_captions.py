@@ -209,7 +209,8 @@ def prepare(data_dir: str | None = None, source_dir: str | None = None) -> str:
   if is_prepared(data_dir):
     return data_dir
   fashion_mnist.prepare(data_dir, source_dir)
-  with fashion_mnist._file_lock(os.path.join(data_dir, f".{NAME}.prepare.lock")):  # pylint: disable=protected-access
+  lock = os.path.join(data_dir, f".{NAME}.prepare.lock")
+  with fashion_mnist._file_lock(lock):  # pylint: disable=protected-access
     if is_prepared(data_dir):  # Another process wrote it while we waited.
       return data_dir
     # Leftovers of a killed writer (no metadata yet) would clash; start over.

@@ -19,7 +19,7 @@ Reported: `img2txt/recall@k`, `txt2img/recall@k` for k in `ks`, and
 
 The eval pp must leave "image" and the tokenized captions in `captions_key`
 with shape [n_captions, max_len] per example, e.g.
-  "decode|value_range(-1, 1)|tokenize(16, key='captions', key_result='captions')"
+  "decode|value_range(-1, 1)|tokenize(16, key='captions')"
 (`tokenize` on the 1-D caption tensor gives one row per caption). Batches
 need a fixed n_captions: with `num_captions=n` the evaluator pads every
 example to n rows of -1, and such rows are not captions (an image with fewer

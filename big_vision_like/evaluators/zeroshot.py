@@ -22,8 +22,7 @@ Config keys (everything else goes to the inner evaluator unchanged):
   "fashion_mnist_train".
 - `pp_txt`: the pp string applied to each prompt under key "text", e.g.
   "canonicalize_text|tokenize(16)". It must give integer tokens of a fixed
-  length, in "text" (`tokenize(..., key_result="text")`) or in "labels"
-  (the `tokenize` op's default).
+  length, in "text" (where `tokenize` puts them by default) or "labels".
 - `ensemble`: how the per-prompt class embeddings (each L2-normalised) are
   combined:
     "mean": their average, renormalised (CLIP's prompt ensembling);
@@ -138,7 +137,7 @@ def tokenize(texts: Sequence[str], pp_txt: str, where: str = "zeroshot") -> np.n
   """Runs `pp_txt` on each text (under key "text"): int32 tokens [len(texts), L]."""
   if not isinstance(pp_txt, str) or not pp_txt.strip():
     raise ValueError(f"{where}: pp_txt must be a pp string that tokenizes 'text', "
-                     f"e.g. \"canonicalize_text|tokenize(16, key_result='text')\"; "
+                     f"e.g. \"canonicalize_text|tokenize(16)\"; "
                      f"got {pp_txt!r}")
   for op in pp_builder.parse_ops(pp_txt):
     if pp_builder.is_random(op):
@@ -295,7 +294,7 @@ class Evaluator:
                        f"'imagenet2012' or 'fashion_mnist')")
     if pp_txt is None:
       raise ValueError(f"{where}: zeroshot needs pp_txt, the pp string that tokenizes "
-                       f"each prompt, e.g. \"tokenize(16, key_result='text')\"")
+                       f"each prompt, e.g. \"tokenize(16)\"")
     if ensemble not in ENSEMBLES:
       raise ValueError(f"{where}: unknown ensemble {ensemble!r}; known: {ENSEMBLES}")
     if scorer not in SCORERS:
@@ -346,9 +345,9 @@ class Evaluator:
         _check_embed_output(out, "zimg", name)
         return out["zimg"].astype(jnp.float32)
       # Only the images: label sets of any length need no padding here.
+      image_pp = f"{pp}|keep('image')" if pp.strip() else "keep('image')"
       self.images = collect.Collector(
-          embed_images, data=data, pp=pp + "|keep('image')", batch_size=batch_size,
-          mesh=mesh,
+          embed_images, data=data, pp=image_pp, batch_size=batch_size, mesh=mesh,
           data_axes=data_axes, name=name, topk=1, keep_logits=True,
           cache=kwargs.get("cache", True), skip_corrupt=kwargs.get("skip_corrupt", False),
           max_name_bytes=kwargs.get("max_name_bytes", 256))
@@ -442,7 +441,7 @@ def imagenet_scorecard(*, class_names: str | Sequence[str] = "imagenet2012",
 
       config.evals = zeroshot.imagenet_scorecard(
           pp_image="decode|resize(224)|value_range(-1, 1)", log_steps=2500,
-          prompts=[...], pp_txt="tokenize(16, key_result='text')")
+          prompts=[...], pp_txt="tokenize(16)")
 
   The ImageNet labels stay what they are (the 1000 class ids); only the
   logits come from the text tower.
