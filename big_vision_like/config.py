@@ -145,13 +145,20 @@ _EVAL_INTERNAL = {"self", "predict_fn", "mesh", "data_axes", "name", "workdir", 
                   "label_keys", "set_keys", "keep_logits", "per_example_loss"}
 
 
-def evaluator_keys(cls: Any) -> set[str]:
-  """Config keys evaluator class `cls` accepts (its and its bases' __init__)."""
+def evaluator_keys(cls: Any, ev: Any = None) -> set[str]:
+  """Config keys evaluator class `cls` accepts (its and its bases' __init__).
+
+  An evaluator that hands keys on to an inner evaluator (zeroshot -> its
+  `scorer`) accepts the inner one's keys too.
+  """
   keys = set(EVAL_LOOP_KEYS)
   for klass in getattr(cls, "__mro__", (cls,)):
     init = klass.__dict__.get("__init__")
     if init is not None:
       keys |= set(inspect.signature(init).parameters)
+  inner = getattr(cls, "inner_type", None)
+  if inner is not None:
+    keys |= evaluator_keys(registry.EVALUATORS.get(inner(ev or {})))
   return keys - _EVAL_INTERNAL
 
 
@@ -203,7 +210,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       cls = registry.EVALUATORS.get(ev.type)
     except registry.UnknownNameError as e:
       raise ConfigError(f"config.evals.{name}.type: {e}") from None
-    _check_keys(ev, evaluator_keys(cls), f"config.evals.{name}")
+    _check_keys(ev, evaluator_keys(cls, ev), f"config.evals.{name}")
     ref = ev.get("reference")
     if ref is not None and ref not in config.evals:
       raise ConfigError(f"config.evals.{name}.reference={ref!r} is not an evaluator "

@@ -19,9 +19,10 @@ gives the evaluations that tell how good an ImageNet model really is:
 | calibration  | imagenet2012 validation                  | calibration (ECE, NLL, Brier) |
 
 `pp_image` is the image part of the eval pp (it must leave `image`); the
-helper appends the label handling each dataset needs. `evaluator` swaps the
-classification-style evaluator type (a zero-shot classifier later) and
-`extra` adds keyword arguments to every evaluator. `include` picks a subset
+helper appends the label handling each dataset needs. `evaluator="zeroshot"`
+scores every entry with a two-tower model's zero-shot classifier (give
+class_names, prompts and pp_txt in `extra`); `extra` adds keyword arguments
+to every evaluator. `include` picks a subset
 of the names above.
 """
 
@@ -95,6 +96,9 @@ def imagenet(*, pp_image: str, data_dir: str | None = None,
       ev["batch_size"] = batch_size
     if save_predictions:
       ev["save_predictions"] = True
+    if evaluator == "zeroshot":  # every scorer (ReaL, calibration, ...) zero-shot
+      from big_vision_like.evaluators import zeroshot  # pylint: disable=g-import-not-at-top
+      ev = zeroshot.as_zeroshot(ev)
     ev.update(extra or {})
     out[name] = ev
   return out

@@ -279,6 +279,11 @@ def _replicated(mesh: jax.sharding.Mesh, x: np.ndarray) -> jax.Array:
 class Evaluator:
   """Zero-shot classifier around an inner evaluator; see the module docstring."""
 
+  @staticmethod
+  def inner_type(ev: Any) -> str:
+    """The evaluator type that scores the logits (for config validation)."""
+    return ev.get("scorer", "classification")
+
   def __init__(self, predict_fn: Callable[[Any, dict], Any], *, data: dict, pp: str,
                batch_size: int, mesh: jax.sharding.Mesh, data_axes: tuple[str, ...],
                class_names: str | Sequence[str] | None = None,
