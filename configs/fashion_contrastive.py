@@ -16,7 +16,7 @@ import ml_collections
 
 from big_vision_like.config import parse_arg
 
-TEXT_LEN = 32  # bytes; the longest caption is under 32 characters
+TEXT_LEN = 48  # bytes: the longest caption (canonicalised) fits, so no class name is cut
 PP_TXT = f"canonicalize_text|tokenize({TEXT_LEN}, key='text')"
 
 # The image tower of the supervised default (configs/fashion_vit.py) without

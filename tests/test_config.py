@@ -111,7 +111,12 @@ def test_unknown_model_field_names_it():
     "configs/fashion_vit.py", "configs/fashion_vit.py:runlocal",
     "configs/fashion_resnet.py", "configs/fashion_resnet.py:runlocal",
     "configs/vit_i1k.py:variant=S/16", "configs/vit_i1k.py:variant=B/16",
-    "configs/vit_i1k.py:runlocal", "configs/bit_i1k.py", "configs/bit_i1k.py:runlocal"])
+    "configs/vit_i1k.py:runlocal", "configs/bit_i1k.py", "configs/bit_i1k.py:runlocal",
+    "configs/fashion_contrastive.py", "configs/fashion_contrastive.py:loss=clip",
+    "configs/fashion_contrastive.py:loss=chunked_siglip,runlocal",
+    "configs/fashion_lit.py", "configs/fashion_lit.py:runlocal",
+    "configs/image_text_b16.py", "configs/image_text_b16.py:loss=clip",
+    "configs/image_text_b16.py:runlocal"])
 def test_all_configs_validate(spec):
   config = config_lib.load_config(spec)
   config_lib.validate(config)
