@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -112,19 +113,27 @@ def test_inloop_rows(tiny_run):
                    r"imagenet2012_real stand-in of 16 validation images \(cached\), "
                    r"batch 8 \(2 batches\); real@1 [0-9.]+% of 12 counted", table), table
   rows = _rows(table)
-  rows.pop("measurement")
+  assert rows.pop("measurement")[1] == "wall s / pass (median of 2)"
   assert list(rows) == list(bs.INLOOP_ROWS.values())
   for cells in rows.values():
-    wall, best, per_image, cpu = (float(cells[i]) for i in (1, 2, 3, 5))
-    assert wall >= best >= 0 and cpu >= 0
-    # Both cells are rounded: wall to 1 ms (0.03 ms/image here), ms to 0.01.
-    assert per_image == pytest.approx(1e3 * wall / 16, abs=0.04)
+    wall, per_image, cpu = (float(cells[i]) for i in (1, 6, 7))
+    assert wall >= 0 and cpu >= 0 and per_image >= 0
   bare, real, score, val = rows.values()
-  assert bare[4] == bare[6] == bare[7] == ""
+  assert bare[2] == bare[5] == bare[8] == bare[9] == ""
+  for cells in (bare, real, val):
+    assert re.fullmatch(r"[0-2] of 2( \(up to [0-9.]+ s\))?", cells[3]), cells
   for cells in (real, val):
-    assert re.fullmatch(r"[+-]\d+\.\d%", cells[4]) and re.fullmatch(r"[+-]\d+\.\d%", cells[6])
-  assert re.fullmatch(r"\d+\.\d\d% of bare", score[4]), score
-  assert re.fullmatch(r"< 5% \((pass|FAIL)\)", real[7]), real
+    for i in (2, 8):
+      assert re.fullmatch(r"[+-]\d+\.\d%", cells[i]), cells
+  assert re.fullmatch(r"\d+\.\d\d% of bare", score[2]), score
+  assert score[3] == ""
+  assert real[9] in ("pass", "FAIL", "n/a"), real
+  assert re.search(r"^(No pass ended in a stall|\d+ of 6 timed passes ended in a stall)",
+                   table, re.M), table
+
+
+def _result(wall, cpu, end):
+  return {"wall": wall, "cpu": cpu, "end": end, "examples": 100}
 
 
 def test_inloop_table_arithmetic_on_fixed_times():
@@ -132,20 +141,56 @@ def test_inloop_table_arithmetic_on_fixed_times():
           "score": [0.021, 0.02, 0.5], "classification": [2.0, 2.1, 2.0]}
   cpu = {"bare": [4.0, 4.0, 4.0], "multilabel": [4.1, 4.1, 4.2],
          "score": [0.04, 0.04, 0.04], "classification": [4.0, 3.8, 3.8]}
-  over = bs.overheads(wall)
-  assert over["multilabel"] == pytest.approx(2.31 / 2.1 - 1)  # medians: +10%
-  assert over["score"] == pytest.approx(0.021 / 2.1)          # a share: 1%
-  assert over["classification"] == pytest.approx(2.0 / 2.1 - 1)
-  rows = _rows(bs.format_inloop_table({"wall": wall, "cpu": cpu, "examples": 100}, 3))
-  real = rows[bs.INLOOP_ROWS["multilabel"]]
-  assert real[1:] == ["2.310", "2.100", "23.10", "+10.0%", "4.100", "+2.5%",
-                      "< 5% (FAIL)"]
-  assert rows[bs.INLOOP_ROWS["score"]][4:7] == ["1.00% of bare", "0.040", "1.00% of bare"]
-  assert rows[bs.INLOOP_ROWS["classification"]][4:] == ["-4.8%", "3.800", "-5.0%", ""]
-  wall["multilabel"] = [2.0, 2.2, 2.2]  # +4.8%
-  real = _rows(bs.format_inloop_table({"wall": wall, "cpu": cpu, "examples": 100},
-                                      3))[bs.INLOOP_ROWS["multilabel"]]
-  assert real[4] == "+4.8%" and real[7] == "< 5% (pass)"
+  no_stall = {"bare": [0.01] * 3, "multilabel": [0.0] * 3, "classification": [0.02] * 3}
+  over = bs.overheads(_result(wall, cpu, no_stall))
+  assert over["wall"]["multilabel"] == pytest.approx(2.31 / 2.1 - 1)  # medians: +10%
+  assert over["wall"]["score"] == pytest.approx(0.021 / 2.1)          # a share: 1%
+  assert over["wall"]["classification"] == pytest.approx(2.0 / 2.1 - 1)
+  assert over["stall_free"] == over["wall"]
+  assert over["cpu"]["multilabel"] == pytest.approx(4.1 / 4.0 - 1)
+  rows = _rows(bs.format_inloop_table(_result(wall, cpu, no_stall), 3))
+  assert rows[bs.INLOOP_ROWS["multilabel"]][1:] == [
+      "2.310", "+10.0%", "0 of 3", "2.310", "+10.0%", "23.10", "4.100", "+2.5%", "FAIL"]
+  assert rows[bs.INLOOP_ROWS["score"]][2:] == [
+      "1.00% of bare", "", "0.021", "1.00% of bare", "0.21", "0.040", "1.00% of bare", ""]
+  assert rows[bs.INLOOP_ROWS["classification"]][2] == "-4.8%"
+  # Passes whose final next() stalled are left out of the stall-free medians:
+  # bare [2.0, 2.1] -> 2.05, multilabel [2.1] -> 2.1 (+2.4%, a pass).
+  stalls = {"bare": [0.01, 8.1, 0.01], "multilabel": [3.0, 0.3, 0.02],
+            "classification": [9.0, 9.0, 9.0]}
+  result = _result(wall, cpu, stalls)
+  over = bs.overheads(result)
+  assert over["wall"]["multilabel"] == pytest.approx(2.31 / 2.1 - 1)
+  assert over["stall_free"]["multilabel"] == pytest.approx(2.1 / 2.05 - 1)
+  assert over["stall_free"]["score"] == pytest.approx(0.021 / 2.05)
+  assert over["stall_free"]["classification"] is None  # every pass stalled
+  rows = _rows(bs.format_inloop_table(result, 3))
+  assert rows[bs.INLOOP_ROWS["bare"]][3:5] == ["1 of 3 (up to 8.1 s)", "2.050"]
+  assert rows[bs.INLOOP_ROWS["multilabel"]][3:7] == [
+      "2 of 3 (up to 3.0 s)", "2.100", "+2.4%", "21.00"]
+  assert rows[bs.INLOOP_ROWS["multilabel"]][9] == "pass"
+  assert rows[bs.INLOOP_ROWS["classification"]][3:7] == [
+      "3 of 3 (up to 9.0 s)", "n/a", "n/a", "n/a"]
+  assert bs.stall_note(result) == (
+      "6 of 9 timed passes ended in a stall: the eval iterator's final next() (ending "
+      "the tf.data iterator) took 0.3 to 9.0 s; the other passes' took at most 0.020 s.")
+  assert bs.stall_note(_result(wall, cpu, no_stall)).startswith(
+      "No pass ended in a stall: the eval iterator's final next() took at most 0.020 s")
+
+
+def test_end_timer_passes_batches_through_and_times_the_end():
+  class Passes:
+    skipped = 3
+
+    def __iter__(self):
+      yield from ({"i": i} for i in range(3))
+      time.sleep(0.3)  # ending the pass is slow
+
+  timer = bs._EndTimer(Passes())
+  assert [b["i"] for b in timer] == [0, 1, 2]
+  assert timer.last >= 0.3
+  assert timer.skipped == 3  # other attributes are the wrapped iterable's
+  assert [b["i"] for b in timer] == [0, 1, 2]  # re-iterable
 
 
 def test_offline_table_pass_fail_on_the_median():
@@ -161,15 +206,17 @@ def test_offline_table_pass_fail_on_the_median():
 
 
 @pytest.mark.parametrize("argv, culprit", [
-    (["--num_examples", "50001"], "--num_examples must be in [1, 50,000]"),
-    (["--num_classes", "1"], "--num_classes must be >= 2"),
-    (["--real_json", "/nonexistent/real.json"], "--real_json /nonexistent/real.json"),
+    (["--num_examples", "50001", "--skip_inloop"], "--num_examples must be in [1, 50,000]"),
+    (["--num_classes", "1", "--skip_inloop"], "--num_classes must be >= 2"),
+    (["--real_json", "/nonexistent/real.json", "--skip_inloop"],
+     "--real_json /nonexistent/real.json does not exist"),
     (["--repeats", "0"], "--repeats must be >= 1"),
     (["--skip_offline", "--skip_inloop"], "leave nothing to measure"),
+    (["--variant", "Q/16", "--skip_offline"],
+     "--variant: model.variant='Q/16': unknown ViT size 'Q'"),
 ])
 def test_bad_flags_name_the_culprit(argv, culprit, tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
-    bs.main([*argv, "--skip_inloop" if "--skip_inloop" not in argv else "--repeats=1",
-             "--workdir", str(tmp_path)])
+    bs.main([*argv, "--workdir", str(tmp_path)])
   assert e.value.code == 2
   assert culprit in capsys.readouterr().err

@@ -577,20 +577,31 @@ class EvalIterable:
     self.skipped = 0
     self._plan = plan
     self._skip_corrupt = skip_corrupt
+    self._it = None
+    self._pos = 0
 
   def __len__(self) -> int:
     return self.num_batches
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    # One repeating iterator serves every pass: a pass takes exactly
+    # `num_batches` batches and never asks the dataset for its end. Ending a
+    # tf.data iterator can wait seconds for its autotuning thread on a busy
+    # host (measured: 5-6 s at the end of 4 of 5 eval passes).
+    if self._it is None:
+      self._it, self._pos = iter(tfds.as_numpy(self._ds.repeat())), 0
+    if self._pos:  # A previous pass stopped early: realign to a pass boundary.
+      for _ in range(self.num_batches - self._pos):
+        next(self._it)
+      self._pos = 0
     seen = 0
-    it = iter(tfds.as_numpy(self._ds))
-    while True:
+    for _ in range(self.num_batches):
       try:
-        batch = next(it)
-      except StopIteration:
-        break
+        batch = next(self._it)
       except tf.errors.OpError as e:
+        self._it = None
         raise self._bad_example_error(e) from e
+      self._pos = (self._pos + 1) % self.num_batches
       seen += int(batch[MASK_KEY].sum())
       yield batch
     self.skipped = self.num_examples - seen
