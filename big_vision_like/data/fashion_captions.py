@@ -42,7 +42,7 @@ from big_vision_like.data import fashion_mnist
 from big_vision_like.data import tfds_writer
 
 NAME = "fashion_mnist_captions"
-VERSION = "1.0.0"
+VERSION = "1.1.0"  # 1.1.0: 36 training templates instead of 10
 SPLITS = ("train", "test")
 CAPTIONS_PER_IMAGE = 3
 SEED = 1729
@@ -63,7 +63,12 @@ CLASS_PHRASES: tuple[tuple[str, ...], ...] = (
 )
 CLASS_NAMES: tuple[str, ...] = tuple(p[0] for p in CLASS_PHRASES)
 
-# Caption templates of the training data ("{}" is a phrasing).
+# Caption templates of the training data ("{}" is a phrasing). Many phrasings
+# with the class name early, late and in the middle: with only a handful of
+# templates the text tower learns the templates themselves and zero-shot
+# accuracy with unseen prompts suffers (measured on the contrastive main job:
+# 0.89 with the training templates as prompts, 0.74-0.80 with held-out ones,
+# when there were 10 templates).
 TRAIN_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
     "a picture of the {}.",
@@ -75,6 +80,32 @@ TRAIN_TEMPLATES: tuple[str, ...] = (
     "a {} on a plain background.",
     "a black and white picture of a {}.",
     "a cropped photo of the {}.",
+    "a dark photo of the {}.",
+    "a bright photo of a {}.",
+    "a centered photo of the {}.",
+    "a studio shot of a {}.",
+    "an old photo of a {}.",
+    "a simple picture of a {}.",
+    "a thumbnail of the {}.",
+    "a shop photo of the {}.",
+    "a snapshot of a {}.",
+    "a pixelated photo of the {}.",
+    "here is a {}.",
+    "look at this {}.",
+    "my favourite {}.",
+    "someone's {}.",
+    "a {} for sale.",
+    "the {}, seen from the front.",
+    "the {} on a white backdrop.",
+    "a {} in a shop window.",
+    "a {} in black and white.",
+    "one {}.",
+    "the {} in the picture.",
+    "a single {}, centered.",
+    "a {}, small and grey.",
+    "an item of clothing: a {}.",
+    "a fashion photo of a {}.",
+    "a {} photographed in a studio.",
 )
 # Zero-shot prompt templates never seen in training captions.
 HELDOUT_TEMPLATES: tuple[str, ...] = (
