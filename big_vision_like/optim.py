@@ -321,6 +321,16 @@ def _read_param_rules(params: Any, config: Any) -> tuple[list, list, list]:
   return lr_mults, wd_mults, frozen
 
 
+def frozen_mask(config: Any, params: Any) -> Any:
+  """Pytree of bools: True for parameters matching a `config.frozen` regex.
+
+  The train step stops gradients at these, so a frozen tower costs no
+  backward pass (LiT trains its text tower at about forward-only cost).
+  """
+  frozen = _rules(config, "frozen")
+  return _per_leaf(params, [(p, True) for p in frozen], False, "config.frozen")
+
+
 def make_optimizer(config: Any, params: Any, *, total_steps: int,
                    batch_size: int, num_examples: int | None
                    ) -> tuple[optax.GradientTransformation, Schedule]:

@@ -165,8 +165,12 @@ def jit_train_step(config, model, tx, schedule, mesh, state_shardings, batch_sha
                                        axis=sharding_lib.data_axes(mesh, config.get("data_axes")))
   else:
     loss_fn = registry.LOSSES.get(config.loss)
+  frozen = None
+  if config.get("frozen"):
+    frozen = optim.frozen_mask(config, jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct((), jnp.float32), state_shardings["params"]))
   step_fn = make_train_step(model, loss_fn, tx, schedule,
-                            config.get("grad_accum_steps", 1) or 1,
+                            config.get("grad_accum_steps", 1) or 1, frozen=frozen,
                             value_range=config.get("device_value_range"),
                             mixup=mixup_lib.from_config(config.get("mixup")))
   return jax.jit(step_fn,
@@ -303,6 +307,7 @@ class _Preemption:
 
 
 def make_train_step(model, loss_fn, tx, schedule, accum_steps: int, *,
+                    frozen: Any = None,
                     value_range: Sequence[float] | None = None,
                     mixup: mixup_lib.MixupConfig | None = None):
   """(state, batch, step, base_rng) -> (state, metrics); state = {"params", "opt"}.
@@ -316,6 +321,9 @@ def make_train_step(model, loss_fn, tx, schedule, accum_steps: int, *,
   def loss_and_grads(params, images, labels, rng):
     # labels: classification targets, or the text tokens of a two-tower model.
     def loss_of(params):
+      if frozen is not None:  # no backward pass through frozen parameters
+        params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p,
+                              params, frozen)
       if two_tower:
         zimg, ztxt, aux = model.apply({"params": params}, images, labels, train=True,
                                       rngs={"dropout": rng})
