@@ -51,7 +51,7 @@ def test_text_padding_does_not_change_gap_and_last():
 def test_text_errors():
   with pytest.raises(ValueError, match="pool_type='avg' is unknown"):
     text_model(pool_type="avg")
-  with pytest.raises(ValueError, match="width is not set"):
+  with pytest.raises(ValueError, match="model.width is not set"):
     registry.MODELS.get("text_transformer")(vocab_size=10)
   model = text_model()
   with pytest.raises(ValueError, match="tokens must be int"):

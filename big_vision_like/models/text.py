@@ -67,20 +67,9 @@ class TextTransformer(nn.Module):
     super().__post_init__()
 
   def _dims(self) -> dict[str, int]:
-    # A ViT variant name without the patch ("B") gives the transformer sizes.
     sizes, _ = vit.parse_variant(self.variant)
-    dims = {}
-    for i, field in enumerate(("width", "depth", "mlp_dim", "num_heads")):
-      value = getattr(self, field)
-      value = value if value is not None else (sizes[i] if sizes else None)
-      if value is None or int(value) <= 0:
-        raise ValueError(f"text model.{field} is not set: give a variant (e.g. 'B') "
-                         f"or {field} explicitly")
-      dims[field] = int(value)
-    if dims["width"] % dims["num_heads"]:
-      raise ValueError(f"text model.width={dims['width']} is not divisible by "
-                       f"num_heads={dims['num_heads']}")
-    return dims
+    return vit.resolve_dims(self, dict(zip(("width", "depth", "mlp_dim", "num_heads"),
+                                           sizes or (None,) * 4)), example="B")
 
   @nn.compact
   def __call__(self, tokens: jax.Array, *, train: bool = False

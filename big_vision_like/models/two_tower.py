@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 
 from big_vision_like import registry
-from big_vision_like.models import text as text_lib  # noqa: F401  (registers the text tower)
 from big_vision_like.registry import MODELS
 
 EPS = 1e-8

@@ -65,6 +65,30 @@ def parse_variant(variant: str | None) -> tuple[tuple[int, int, int, int] | None
   return VARIANTS[name], int(patch)
 
 
+def resolve_dims(module: Any, from_variant: dict[str, int | None], *,
+                 example: str) -> dict[str, int]:
+  """Each field of `from_variant` from `module` if set, else the variant's.
+
+  Shared by the ViT and the text transformer: every size must end up a
+  positive int and the width must split into the heads.
+  """
+  dims = {}
+  for field, default in from_variant.items():
+    value = getattr(module, field)
+    value = default if value is None else value
+    if value is None:
+      raise ValueError(f"model.{field} is not set: give model.variant "
+                       f"(e.g. {example!r}) or model.{field} explicitly.")
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+        or value <= 0):
+      raise ValueError(f"model.{field}={value!r} must be a positive int.")
+    dims[field] = int(value)
+  if dims["width"] % dims["num_heads"]:
+    raise ValueError(f"model.width={dims['width']} is not divisible by "
+                     f"model.num_heads={dims['num_heads']}.")
+  return dims
+
+
 def posemb_sincos_2d(h: int, w: int, width: int,
                      temperature: float = 10_000.) -> np.ndarray:
   """Fixed 2-D sin-cos position embedding, shape [1, h*w, width].
@@ -290,21 +314,7 @@ class ViT(nn.Module):
     sizes, patch = parse_variant(self.variant)
     from_variant = dict(zip(("width", "depth", "mlp_dim", "num_heads"),
                             sizes or (None,) * 4), patch_size=patch)
-    dims = {}
-    for field, default in from_variant.items():
-      value = getattr(self, field)
-      value = default if value is None else value
-      if value is None:
-        raise ValueError(f"model.{field} is not set: give model.variant "
-                         f"(e.g. 'S/16') or model.{field} explicitly.")
-      if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-          or value <= 0):
-        raise ValueError(f"model.{field}={value!r} must be a positive int.")
-      dims[field] = int(value)
-    if dims["width"] % dims["num_heads"]:
-      raise ValueError(f"model.width={dims['width']} is not divisible by "
-                       f"model.num_heads={dims['num_heads']}.")
-    return dims
+    return resolve_dims(self, from_variant, example="S/16")
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False
