@@ -22,6 +22,10 @@ prepared stops at start-up with the command to prepare it). The tokenizer
 is a sentencepiece model from a path (`tokenizer=`; 32k vocab as in SigLIP);
 without one the dependency-free byte tokenizer is used.
 
+`lit_init=WORKDIR` turns the recipe into LiT: the image tower (the
+`configs/vit_i1k.py:variant=B/16` architecture) is loaded from that
+supervised run and locked; only the text tower trains.
+
 Evaluation: the zero-shot ImageNet scorecard (val, ReaL, v2, A, R, Sketch,
 ...) with the standard class names and prompts as data.
 
@@ -52,7 +56,7 @@ PROMPTS = ("a photo of a {}.", "a bad photo of a {}.", "a photo of many {}.",
 def get_config(arg=None):
   arg = parse_arg(arg, loss="siglip", data="laion400m/images", text_key="caption",
                   tokenizer="", examples=3_000_000_000, batch=32_768, data_dir="",
-                  runlocal=False)
+                  lit_init="", runlocal=False)
   recipe = RECIPES["clip" if arg.loss == "clip" else "siglip"]
   tokenizer = f"sentencepiece:{arg.tokenizer}" if arg.tokenizer else "bytes"
   vocab = 32_000 if arg.tokenizer else 259
@@ -79,6 +83,14 @@ def get_config(arg=None):
       text=dict(variant="B", vocab_size=vocab, pool_type=recipe["txt_pool"]),
       embed_dim=768, temperature_init=recipe["t"], bias_init=recipe["b"])
   config.loss = arg.loss
+  if arg.lit_init:
+    # LiT (Zhai et al. 2022): the image tower comes from a supervised run of
+    # this codebase (e.g. configs/vit_i1k.py:variant=B/16) and stays locked,
+    # its fresh projection included; only the text tower learns.
+    config.model_init = ml_collections.ConfigDict({"img": arg.lit_init})
+    config.model_init_skip = ["img/head/.*"]
+    config.frozen = ["img/.*"]
+    config.model.image = dict(variant="B/16", pool_type="gap", posemb="sincos2d")
 
   config.optax_name = recipe["optax"]
   config.optax = dict(recipe["optax_kw"])

@@ -116,7 +116,7 @@ def test_unknown_model_field_names_it():
     "configs/fashion_contrastive.py:loss=chunked_siglip,runlocal",
     "configs/fashion_lit.py", "configs/fashion_lit.py:runlocal",
     "configs/image_text_b16.py", "configs/image_text_b16.py:loss=clip",
-    "configs/image_text_b16.py:runlocal"])
+    "configs/image_text_b16.py:runlocal", "configs/image_text_b16.py:lit_init=/ckpt"])
 def test_all_configs_validate(spec):
   config = config_lib.load_config(spec)
   config_lib.validate(config)
