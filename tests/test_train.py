@@ -104,7 +104,7 @@ def test_train_writes_everything_and_eval_cli_agrees(fashion_mnist_data_dir, tmp
   # A training pp without a fixed output size cannot define the model's input.
   config.input.pp = ("decode(1)|inception_crop|value_range(-1, 1)"
                      "|onehot(10, key='label', key_result='labels')")
-  with pytest.raises(ValueError, match=r"config\.input\.pp gives images of unknown shape"):
+  with pytest.raises(ValueError, match=r"config\.input\.pp gives 'image' of unknown shape"):
     eval_lib.evaluate(config, workdir)
 
 
@@ -243,7 +243,10 @@ def test_gradient_accumulation_matches_full_batch(fashion_mnist_data_dir, tmp_pa
   full = train_lib.train(tiny_config(fashion_mnist_data_dir, **extra), str(tmp_path / "a"))
   accum = train_lib.train(tiny_config(fashion_mnist_data_dir, grad_accum_steps=4, **extra),
                           str(tmp_path / "b"))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+  # Summation order differs (4 micro-batches vs one batch); after 3 Adam steps
+  # that is a few 1e-6 on params of ~1e-2. A wrong accumulation would be off
+  # by about a step (lr 2e-3).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                jax.tree.map(np.asarray, full["state"]["params"]),
                jax.tree.map(np.asarray, accum["state"]["params"]))
 
