@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -146,8 +146,12 @@ def check_ids(ids: np.ndarray, num_classes: int, what: str) -> None:
 
 def topk_accuracy(topk_ids: np.ndarray, label: np.ndarray,
                   ks: Sequence[int] = (1, 5), prefix: str = "prec") -> dict[str, float]:
-  """`prec@k`: the single label is among the top k (k <= predicted width)."""
-  sets = np.asarray(label, np.int32).reshape(-1, 1)
+  """`prec@k`: the label (or one of a -1 padded set [N, L]) is in the top k.
+
+  Only k up to the predicted width are reported.
+  """
+  label = np.asarray(label, np.int32)
+  sets = label.reshape(len(label), -1)
   return {f"{prefix}@{k}": mean(hits(topk_ids, sets, k))
           for k in ks if k <= topk_ids.shape[1]}
 
@@ -386,8 +390,3 @@ def mean_average_precision(scores: np.ndarray, sets: np.ndarray) -> float:
   if not aps:
     raise ValueError("no class has a positive example: mAP is undefined")
   return math.fsum(aps) / len(aps)
-
-
-def summary_line(results: dict[str, Any]) -> str:
-  return ", ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
-                   for k, v in results.items())

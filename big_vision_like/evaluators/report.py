@@ -39,14 +39,10 @@ def score(kind: str, *, topk_ids: np.ndarray, labels: label_sources.LabelSource,
     scoring.check_ids(topk_ids, num_classes, f"{where}: predicted ids")
   extras: dict = {}
   if kind == "classification":
-    if labels.label is not None:
-      sets = labels.label.reshape(-1, 1)
-    elif labels.sets is not None:
-      sets = labels.sets
-    else:
+    truth = labels.label if labels.label is not None else labels.sets
+    if truth is None:
       raise ValueError(f"{where}: classification needs labels")
-    out = {f"prec@{k}": scoring.mean(scoring.hits(topk_ids, sets, k))
-           for k in ks if k <= topk_ids.shape[1]}
+    out = scoring.topk_accuracy(topk_ids, truth, ks)
     if loss is not None:
       out["loss"] = scoring.mean(loss)
     out["num_examples"] = float(len(topk_ids))
