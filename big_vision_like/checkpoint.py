@@ -6,20 +6,33 @@ and each has a sharp edge we want handled in one place.
 * Saving is sharded and asynchronous. Every process writes only the shards it
   owns (orbax does this for `jax.Array`s) and training continues as soon as the
   device->host copy is done.
-* Resuming never trusts a half-written checkpoint. Orbax writes into a
-  temporary directory and commits it at the end, so an interrupted save is not
-  listed as a step at all. A committed step can still be unreadable (a file
-  truncated or deleted later); `restore()` then falls back to the previous
-  step, with a warning naming the bad one.
+* Resuming never trusts a half-written checkpoint. What orbax 0.12.8 does on a
+  local disk (verified by killing real runs, see tools/fault_injection.py): a
+  save writes `{step}.orbax-checkpoint-tmp/` (items first as
+  `state.orbax-checkpoint-tmp/`, renamed to `state/` when written), writes
+  `commit_success.txt` into it and then renames it to `{step}/`; the rename is
+  the commit. A process killed before the rename leaves only the tmp
+  directory, which is never listed and is removed at the next start. Two
+  things can still look committed and are handled here: a step directory
+  whose deletion (old-step garbage collection) was killed half-way, and a
+  committed step damaged later (files truncated, deleted or bit-flipped).
+  Deletions are made atomic (renamed into `_deleted/` first); step dirs that
+  lack orbax's commit markers are set aside as `{step}.incomplete-*`; and each
+  step stores a checksum of every array, checked on restore, because orbax
+  returns a flipped byte inside a compressed chunk as silently wrong numbers.
+  `restore()` falls back to the newest readable step, with a warning naming
+  each bad step directory, and sets the bad ones aside as
+  `{step}.unreadable-*` so that training can write that step again.
 * Restoring reshards: the caller passes the *target* shardings, so a run may
-  resume on a different mesh or number of devices.
+  resume on a different mesh, number of devices or number of processes.
 * Fine-tuning loads only the `params` of another run's checkpoint, optionally
   re-initialising some of them (`skip=["head/.*"]`).
 
 On-disk layout, one directory per step under `{workdir}/checkpoints`:
 
-  {step}/state/   the pytree of arrays (params, optimizer state, ...)
-  {step}/meta/    a small JSON dict (data position, config hash, ...)
+  {step}/state/       the pytree of arrays (params, optimizer state, ...)
+  {step}/meta/        a small JSON dict (data position, config hash, ...)
+  {step}/checksums/   JSON {leaf name: uint32 checksum} of every array leaf
 """
 
 from __future__ import annotations
@@ -28,9 +41,12 @@ import json
 import logging
 import os
 import re
+import time
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -38,13 +54,22 @@ from big_vision_like import params as params_lib
 
 logger = logging.getLogger(__name__)
 
-# Names of the two items stored in each step directory.
+# Names of the items stored in each step directory.
 STATE = "state"
 META = "meta"
+CHECKSUMS = "checksums"
+# Written by orbax into a step (and into each item) just before its commit.
+COMMIT_FILE = "commit_success.txt"
+# Old steps are renamed in here (atomic) and only then deleted.
+TRASH_DIR = "_deleted"
 
 
 class CheckpointRestoreError(RuntimeError):
   """No step of a checkpoint directory could be restored."""
+
+
+class CheckpointCorruptError(RuntimeError):
+  """A step's arrays do not match the checksums stored with them."""
 
 
 def _preservation_policy(keep_last: int, keep_every_steps: int | None):
@@ -73,16 +98,121 @@ def _check_abstract(abstract_state: Any) -> None:
                          f"{e}") from None
 
 
+# ------------------------------------------------------------------ checksums
+
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+  """uint32 position-weighted sum of the bits of `x` (wrapping arithmetic).
+
+  Integer addition mod 2**32 is associative, so the result does not depend on
+  the sharding or on the reduction order: a checkpoint saved on 8 devices and
+  restored on 1 gives the same value. The weights depend on the element's
+  flat index, so swapped elements are caught too.
+  """
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    bits = x.astype(jnp.uint32)
+  else:
+    width = x.dtype.itemsize * 8
+    bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{width}"))
+    if width == 64:  # Only with jax_enable_x64: fold the high half in.
+      bits = bits ^ (bits >> 32)
+    bits = bits.astype(jnp.uint32)
+  index = jnp.zeros(x.shape, jnp.uint32)
+  stride = 1
+  for d in reversed(range(x.ndim)):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, x.shape, d) * jnp.uint32(
+        stride % 2**32)
+    stride *= x.shape[d]
+  weights = index * jnp.uint32(0x9E3779B1) + jnp.uint32(1)
+  return jnp.sum(bits * weights, dtype=jnp.uint32)
+
+
+_tree_checksums = jax.jit(lambda leaves: [_leaf_checksum(x) for x in leaves])
+
+
+def array_checksums(tree: Any) -> dict[str, list]:
+  """{"/"-joined leaf name: [dtype name, uint32 checksum]} per array leaf.
+
+  Works on global (sharded, multi-process) arrays: each process gets the same
+  numbers. Non-array leaves (Python ints, strings) are left out; JSON-like
+  values are compared exactly by orbax anyway.
+  """
+  named = [(n, x) for n, x in params_lib.flatten_with_names(tree)
+           if isinstance(x, (jax.Array, np.ndarray)) and
+           (x.dtype == np.bool_ or x.dtype.itemsize in (1, 2, 4, 8)) and
+           not jnp.issubdtype(x.dtype, jnp.complexfloating)]
+  if not named:
+    return {}
+  sums = _tree_checksums([x for _, x in named])
+  # Results are replicated scalars; read the local copy (works multi-host).
+  return {n: [np.dtype(x.dtype).name if not jax.dtypes.issubdtype(
+              x.dtype, jax.dtypes.prng_key) else str(x.dtype),
+              int(np.asarray(s.addressable_data(0)))]
+          for (n, x), s in zip(named, sums)}
+
+
+def _compare_checksums(where: str, saved: dict[str, list],
+                       actual: dict[str, list]) -> None:
+  """Raises if a leaf read back in its saved dtype has another checksum.
+
+  Leaves restored into another dtype (e.g. float32 -> bfloat16) cannot be
+  compared and are skipped.
+  """
+  bad = [f"{n}: saved {saved[n][1]}, read {actual[n][1]}"
+         for n in sorted(saved)
+         if n in actual and actual[n][0] == saved[n][0] and
+         actual[n][1] != saved[n][1]]
+  if bad:
+    names = ", ".join(b.split(":")[0] for b in bad)
+    raise CheckpointCorruptError(
+        f"{where}: array(s) {names} do not match the checksums saved with "
+        "them (the files were damaged after the save):\n  " + "\n  ".join(bad))
+
+
+# ------------------------------------------------------- step dir completeness
+
+
+def step_problem(step_dir: epath.PathLike) -> str | None:
+  """Why `step_dir` is not a completely committed step, or None if it is.
+
+  A cheap look at the commit markers (a few `stat`s; no array is read). It
+  catches what survives a kill -9 in the wrong place: a step whose deletion
+  was interrupted, or a directory copied in half-way. Damage to the array
+  files themselves is found on restore (read errors, checksums).
+  """
+  step_dir = epath.Path(step_dir)
+  if not (step_dir / COMMIT_FILE).exists():
+    return f"no {COMMIT_FILE} (never committed, or partly deleted)"
+  for item in (STATE, META):
+    if not (step_dir / item / COMMIT_FILE).exists():
+      return f"item {item!r} is missing or has no {COMMIT_FILE}"
+  if not (step_dir / STATE / "_METADATA").exists():
+    return f"item {STATE!r} has no _METADATA"
+  return None
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+  """First line of an exception, capped: tensorstore errors span pages."""
+  text = str(e).strip().split("\n", 1)[0]
+  return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
 class Checkpointer:
   """Saves and restores `(state, meta)` pairs in one directory of steps.
 
   Multi-host: every process must call `save`, `restore` and `wait` with the
   same arguments (they contain collective barriers).
+
+  `read_only=True` is for processes that only read (an evaluator following a
+  training run): it never creates, deletes or renames anything, in particular
+  not the temporary directory of a save in progress.
   """
 
   def __init__(self, directory: str, *, keep_last: int = 3,
                keep_every_steps: int | None = None,
-               async_save: bool = True):
+               async_save: bool = True, read_only: bool = False):
     if not isinstance(keep_last, int) or keep_last < 1:
       raise ValueError(f"Checkpointer keep_last must be an int >= 1, got "
                        f"{keep_last!r}")
@@ -94,22 +224,80 @@ class Checkpointer:
     if "://" not in str(directory):
       directory = os.path.abspath(directory)
     self.directory = epath.Path(directory)
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=_preservation_policy(keep_last, keep_every_steps),
-        enable_async_checkpointing=async_save,
-        create=True,
-        # Left-overs of a save killed half-way are never valid: drop them.
-        cleanup_tmp_directories=True,
-    )
+    self.read_only = read_only
+    self._barriers = 0
+    if read_only:
+      if not self.directory.is_dir():
+        raise FileNotFoundError(f"Checkpoint directory {self.directory} does "
+                                "not exist")
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    else:
+      # Before orbax lists the steps: what only looks committed goes aside.
+      if jax.process_index() == 0 and self.directory.is_dir():
+        self._set_aside_incomplete()
+        self._empty_trash()
+      self._sync("init")
+      options = ocp.CheckpointManagerOptions(
+          preservation_policy=_preservation_policy(keep_last, keep_every_steps),
+          enable_async_checkpointing=async_save,
+          create=True,
+          # Left-overs of a save killed half-way are never valid: drop them.
+          cleanup_tmp_directories=True,
+          # Deleting in place can be killed half-way and leave a step dir
+          # that lists as committed; a rename cannot.
+          todelete_subdir=TRASH_DIR,
+      )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  # ------------------------------------------------------------- internals
+
+  def _sync(self, what: str) -> None:
+    """Barrier across processes (a no-op with one process)."""
+    self._barriers += 1
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes(
+          f"bvl_checkpointer_{what}_{self._barriers}")
+
+  def _step_dirs(self) -> dict[int, epath.Path]:
+    return {int(p.name): p for p in self.directory.iterdir()
+            if p.name.isdigit() and p.is_dir()}
+
+  def _set_aside(self, step_dir: epath.Path, why: str, tag: str) -> None:
+    dest = step_dir.parent / f"{step_dir.name}.{tag}-{time.time_ns()}"
+    step_dir.rename(dest)
+    logger.warning("Checkpoint step dir %s %s; moved it to %s (not deleted).",
+                   step_dir, why, dest)
+
+  def _set_aside_incomplete(self) -> None:
+    for _, step_dir in sorted(self._step_dirs().items()):
+      problem = step_problem(step_dir)
+      if problem:
+        self._set_aside(step_dir, f"is incomplete: {problem}", "incomplete")
+
+  def _empty_trash(self) -> None:
+    trash = self.directory / TRASH_DIR
+    if trash.is_dir():
+      for entry in list(trash.iterdir()):
+        entry.rmtree(missing_ok=True)
+
+  # -------------------------------------------------------------- listing
 
   def latest_step(self) -> int | None:
     """Newest committed step, or None if there is none."""
-    return self._manager.latest_step()
+    steps = self.all_steps()
+    return steps[-1] if steps else None
 
   def all_steps(self) -> list[int]:
-    """All committed steps, ascending."""
-    return sorted(self._manager.all_steps())
+    """All committed steps, ascending (incomplete step dirs are left out)."""
+    out = []
+    for step in sorted(self._manager.all_steps()):
+      problem = step_problem(self.directory / str(step))
+      if problem:
+        logger.warning("Ignoring checkpoint step dir %s: %s",
+                       self.directory / str(step), problem)
+      else:
+        out.append(step)
+    return out
 
   def reload(self) -> None:
     """Re-reads the list of steps from disk (steps are cached otherwise).
@@ -119,6 +307,8 @@ class Checkpointer:
     """
     self._manager.reload()
 
+  # ---------------------------------------------------------------- saving
+
   def save(self, step: int, state: Any, meta: dict, *,
            force: bool = False) -> bool:
     """Starts saving `state` and `meta` as `step`; True if a save started.
@@ -127,6 +317,9 @@ class Checkpointer:
     the background (see `wait`). A step not newer than the latest saved one is
     skipped (returns False) unless `force`.
     """
+    if self.read_only:
+      raise RuntimeError(f"Checkpointer of {self.directory} is read_only; "
+                         f"cannot save step {step}")
     try:
       json.dumps(meta)
     except (TypeError, ValueError) as e:
@@ -135,11 +328,16 @@ class Checkpointer:
     # A failed background write of the previous save must stop the run here,
     # not just be logged by orbax's finalize thread.
     self._manager.check_for_errors()
+    if jax.process_index() == 0:
+      self._empty_trash()
     args = ocp.args.Composite(**{
         STATE: ocp.args.StandardSave(state),
         META: ocp.args.JsonSave(meta),
+        CHECKSUMS: ocp.args.JsonSave(array_checksums(state)),
     })
     return self._manager.save(step, args=args, force=force)
+
+  # ------------------------------------------------------------- restoring
 
   def restore(self, abstract_state: Any,
               step: int | None = None) -> tuple[Any, dict, int]:
@@ -147,8 +345,11 @@ class Checkpointer:
 
     `abstract_state` is a pytree of `jax.ShapeDtypeStruct`s with `.sharding`
     set (the layout wanted now, which may differ from the one saved). With
-    `step=None` the newest step is used; if it cannot be read, older steps are
-    tried in turn, each failure logged as a warning.
+    `step=None` the newest step is used; if it cannot be read (read error or
+    checksum mismatch), older steps are tried in turn, each failure logged as
+    a warning naming the step dir. Unless read_only, the unreadable steps are
+    then renamed to `{step}.unreadable-*` (kept for inspection) so that the
+    resumed run can save those steps again.
     """
     _check_abstract(abstract_state)
     steps = self.all_steps()
@@ -163,26 +364,45 @@ class Checkpointer:
 
     failures = []
     for candidate in reversed(steps):
+      step_dir = self.directory / str(candidate)
       try:
-        return self._restore_step(abstract_state, candidate)
+        restored = self._restore_step(abstract_state, candidate)
       except Exception as e:  # pylint: disable=broad-except
         # Any read error (missing file, corrupt data, bad metadata) means this
         # step is unusable; an older one may still be fine.
-        failures.append(f"step {candidate}: {type(e).__name__}: {e}")
-        logger.warning("Could not restore checkpoint step %d from %s (%s: "
-                       "%s); falling back to an older step.", candidate,
-                       self.directory, type(e).__name__, e)
+        failures.append((step_dir, _short(e)))
+        logger.warning("Could not restore checkpoint step %d from %s (%s); "
+                       "falling back to an older step.", candidate, step_dir,
+                       _short(e))
+        continue
+      if failures:
+        logger.warning("Restored checkpoint step %d from %s after %d newer "
+                       "step(s) failed: %s", candidate, step_dir,
+                       len(failures), ", ".join(str(d) for d, _ in failures))
+        if not self.read_only:
+          if jax.process_index() == 0:
+            for bad_dir, why in failures:
+              self._set_aside(bad_dir, f"could not be restored ({why})",
+                              "unreadable")
+          self._sync("set_aside_unreadable")
+          self._manager.reload()
+      return restored
     raise CheckpointRestoreError(
         f"No checkpoint step in {self.directory} could be restored:\n  " +
-        "\n  ".join(failures))
+        "\n  ".join(f"step {d.name} ({d}): {why}" for d, why in failures))
 
   def _restore_step(self, abstract_state: Any,
                     step: int) -> tuple[Any, dict, int]:
-    args = ocp.args.Composite(**{
-        STATE: ocp.args.StandardRestore(abstract_state),
-        META: ocp.args.JsonRestore(),
-    })
-    restored = self._manager.restore(step, args=args)
+    step_dir = self.directory / str(step)
+    items = {STATE: ocp.args.StandardRestore(abstract_state),
+             META: ocp.args.JsonRestore()}
+    has_checksums = (step_dir / CHECKSUMS).is_dir()
+    if has_checksums:
+      items[CHECKSUMS] = ocp.args.JsonRestore()
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    if has_checksums:
+      _compare_checksums(f"checkpoint {step_dir}", restored[CHECKSUMS],
+                         array_checksums(restored[STATE]))
     return restored[STATE], restored[META], step
 
   def reached_preemption(self, step: int) -> bool:
@@ -193,10 +413,14 @@ class Checkpointer:
     """Blocks until all background saves are committed; re-raises their errors."""
     self._manager.wait_until_finished()
     self._manager.check_for_errors()
+    if not self.read_only and jax.process_index() == 0:
+      self._empty_trash()
 
   def close(self) -> None:
     """Waits for pending saves and releases orbax's resources."""
     self._manager.close()
+    if not self.read_only and jax.process_index() == 0:
+      self._empty_trash()
 
   def __enter__(self) -> "Checkpointer":
     return self
@@ -215,9 +439,8 @@ def _find_step_dir(path: str) -> epath.Path:
     return p  # Already a step directory.
   if (p / "checkpoints").is_dir():
     p = p / "checkpoints"  # A workdir.
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-  with ocp.CheckpointManager(p, options=options) as manager:
-    step = manager.latest_step()
+  with Checkpointer(str(p), read_only=True) as ckpt:
+    step = ckpt.latest_step()  # The newest *complete* step.
   if step is None:
     raise FileNotFoundError(f"load_params: no checkpoint step found in {p}")
   return p / str(step)
@@ -324,6 +547,14 @@ def load_params(path: str, params_target: Any, *, skip: Sequence[str] = (),
             restore_args=ocp.checkpoint_utils.construct_restore_args(item),
             partial_restore=True))
     loaded = dict(params_lib.flatten_with_names(restored["params"]))
+    checksums_file = step_dir / CHECKSUMS / "metadata"
+    if checksums_file.exists():
+      saved_sums = json.loads(checksums_file.read_text())
+      # Checksums are of the stored values: compare before any dtype cast.
+      _compare_checksums(
+          f"load_params from {item_dir}",
+          {n: v for n, v in saved_sums.items() if n.startswith("params/")},
+          {f"params/{n}": v for n, v in array_checksums(loaded).items()})
   logger.info("load_params: loaded %d params from %s, kept %d from the target",
               len(loaded), item_dir, len(target_leaves) - len(loaded))
 

@@ -26,7 +26,11 @@ def get_config(arg=None):
       data=dict(name="imagenet2012", split="train[:99%]", data_dir=data_dir),
       pp=("decode_jpeg_and_inception_crop(224)|flip_lr"
           "|onehot(1000, key='label', key_result='labels')"),
-      batch_size=arg.batch, shuffle_buffer_size=250_000, cache=False)
+      batch_size=arg.batch, shuffle_buffer_size=250_000, cache=False,
+      # Each host reads only its 1/P share of the records (on a pod, "global"
+      # would make every host read the whole dataset); the data order then
+      # depends on the process count.
+      order="per_process")
 
   config.model_name = "resnet"
   config.model = dict(depth=arg.depth, width=arg.width, stem="imagenet", num_classes=1000)

@@ -72,7 +72,11 @@ def get_config(arg=None):
       pp=(f"decode_jpeg_and_inception_crop(224, area_min=50)|flip_lr"
           f"|rename(text={arg.text_key!r})|{pp_txt}"
           f"|keep('image', 'text')"),
-      batch_size=arg.batch, shuffle_buffer_size=250_000, cache=False)
+      batch_size=arg.batch, shuffle_buffer_size=250_000, cache=False,
+      # Each host reads only its 1/P share of the records (on a pod, "global"
+      # would make every host read the whole dataset); the data order then
+      # depends on the process count.
+      order="per_process")
   config.device_value_range = (-1, 1)
 
   config.model_name = "two_tower"

@@ -44,7 +44,11 @@ def get_config(arg=None):
       pp=("decode_jpeg_and_inception_crop(224)|flip_lr"
           f"|randaug{recipe['randaug']}"
           "|onehot(1000, key='label', key_result='labels')"),
-      batch_size=recipe["batch"], shuffle_buffer_size=250_000, cache=False)
+      batch_size=recipe["batch"], shuffle_buffer_size=250_000, cache=False,
+      # Each host reads only its 1/P share of the records (on a pod, "global"
+      # would make every host read the whole dataset); the data order then
+      # depends on the process count.
+      order="per_process")
 
   config.model_name = "vit"
   config.model = dict(variant=arg.variant, num_classes=1000, pool_type="gap",

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -196,25 +197,212 @@ def test_uncommitted_step_is_ignored(tmp_path):
     assert ckpt.restore(_abstract(state))[1:] == ({"v": 3}, 3)
 
 
-def test_corrupt_newest_falls_back_with_warning(tmp_path, caplog):
-  state1 = {"w": jnp.arange(4.0)}
-  state2 = {"w": jnp.arange(4.0) + 10}
+def _largest_array_file(step_dir):
+  """The biggest data file of a step's arrays (OCDBT `d/` files)."""
+  files = [p for p in step_dir.glob("state/**/d/*") if p.is_file()]
+  assert files, list(step_dir.rglob("*"))
+  return max(files, key=lambda p: p.stat().st_size)
+
+
+def _truncate(step_dir):
+  f = _largest_array_file(step_dir)
+  f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
+
+
+def _flip_byte(step_dir):
+  # Orbax/tensorstore read this back without error, as wrong numbers; only
+  # the checksums catch it.
+  f = _largest_array_file(step_dir)
+  data = bytearray(f.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  f.write_bytes(bytes(data))
+
+
+_DAMAGE = {
+    "truncate_array_file": _truncate,
+    "delete_array_file": lambda d: _largest_array_file(d).unlink(),
+    "flip_byte_in_array_file": _flip_byte,
+    "delete_manifest": lambda d: (d / "state" / "manifest.ocdbt").unlink(),
+    "corrupt_array_metadata": lambda d: (d / "state" / "_METADATA").write_text(
+        '{"tree_metadata": '),
+    "corrupt_meta_json": lambda d: (d / "meta" / "metadata").write_text("{v: 2"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(_DAMAGE))
+def test_damaged_newest_falls_back_with_warning(tmp_path, caplog, damage):
+  # Random values: compressed chunks big enough that damage hits real data.
+  values = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+  state1 = {"w": jnp.asarray(values)}
+  state2 = {"w": jnp.asarray(values + 10)}
   with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
     ckpt.save(1, state1, {"v": 1})
     ckpt.save(2, state2, {"v": 2})
     ckpt.wait()
-    # Damage the newest step after its commit (e.g. a lost file).
-    (tmp_path / "2" / "state" / "manifest.ocdbt").unlink()
-    with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
-      restored, meta, step = ckpt.restore(_abstract(state1))
-    assert step == 1 and meta == {"v": 1}
-    np.testing.assert_array_equal(restored["w"], [0.0, 1.0, 2.0, 3.0])
-    warnings = [r.getMessage() for r in caplog.records
-                if r.levelno == logging.WARNING]
-    assert any("step 2" in w for w in warnings), warnings
+  # Damage the newest step after its commit (a lost or bad file).
+  _DAMAGE[damage](tmp_path / "2")
+  with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
     # Asking for the damaged step explicitly fails instead of falling back.
     with pytest.raises(Exception):
       ckpt.restore(_abstract(state1), step=2)
+    with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
+      restored, meta, step = ckpt.restore(_abstract(state1))
+    assert step == 1 and meta == {"v": 1}
+    np.testing.assert_array_equal(restored["w"], values)
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING]
+    # The warning names the bad step directory itself.
+    assert any(f"step 2 from {tmp_path / '2'} (" in w for w in warnings), warnings
+    # The bad step is kept for inspection but no longer listed, so the
+    # resumed run can write step 2 again.
+    aside = [n for n in os.listdir(tmp_path) if n.startswith("2.unreadable-")]
+    assert len(aside) == 1 and not (tmp_path / "2").exists()
+    assert ckpt.all_steps() == [1]
+    assert ckpt.save(2, state2, {"v": "2 again"})
+    ckpt.wait()
+    restored, meta, step = ckpt.restore(_abstract(state1))
+  assert (step, meta) == (2, {"v": "2 again"})
+  np.testing.assert_array_equal(restored["w"], values + 10)
+
+
+def test_flipped_byte_is_named_by_checksum(tmp_path):
+  values = np.random.default_rng(1).normal(size=(64, 64)).astype(np.float32)
+  state = {"params": {"a": {"w": jnp.asarray(values)}, "b": jnp.zeros((3,))}}
+  with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
+    ckpt.save(1, state, {})
+    ckpt.wait()
+  _flip_byte(tmp_path / "1")
+  with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
+    with pytest.raises(checkpoint.CheckpointCorruptError,
+                       match=r"checkpoint .*/1: array\(s\) params/a/w do not match"):
+      ckpt.restore(_abstract(state), step=1)
+  # load_params checks the same checksums.
+  with pytest.raises(checkpoint.CheckpointCorruptError, match="params/a/w"):
+    checkpoint.load_params(str(tmp_path / "1"), {"a": {"w": jnp.zeros((64, 64))}},
+                           strict=False)
+  # An undamaged param still loads.
+  loaded = checkpoint.load_params(str(tmp_path / "1"), {"b": jnp.ones(3)},
+                                  strict=False)
+  np.testing.assert_array_equal(loaded["b"], np.zeros(3))
+
+
+def test_array_checksums_known_values():
+  # float32 1.0 and 2.0 are 0x3F800000 and 0x40000000; element i is weighted
+  # by i * 0x9E3779B1 + 1 (mod 2**32): 0x3F800000 * 1 + 0x40000000 *
+  # 0x9E3779B2 = 0x3F800000 + 0x80000000 = 0xBF800000 (mod 2**32).
+  sums = checkpoint.array_checksums(
+      {"x": jnp.array([1.0, 2.0], jnp.float32), "n": 3,
+       "b": jnp.array([True, False, True])})
+  assert sums["x"] == ["float32", 0xBF800000]
+  # bools count as 0/1: 1 * 1 + 1 * (2 * 0x9E3779B1 + 1) mod 2**32.
+  assert sums["b"] == ["bool", (2 + 2 * 0x9E3779B1) % 2**32]
+  assert "n" not in sums  # Python scalars are not arrays.
+  # Swapping two elements changes the checksum; equal values keep it.
+  swapped = checkpoint.array_checksums({"x": jnp.array([2.0, 1.0])})["x"]
+  assert swapped != sums["x"]
+  assert checkpoint.array_checksums({"x": np.array([1.0, 2.0], np.float32)}) == {
+      "x": sums["x"]}
+
+
+def test_incomplete_step_dir_is_set_aside(tmp_path, caplog):
+  """A step whose deletion was killed half-way must not look committed."""
+  with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
+    ckpt.save(1, {"w": jnp.arange(3.0)}, {"v": 1})
+    ckpt.save(2, {"w": jnp.arange(3.0)}, {"v": 2})
+    ckpt.wait()
+  # What an interrupted `rm -r 2` leaves: the dir, minus some of its files.
+  (tmp_path / "2" / "commit_success.txt").unlink()
+  (tmp_path / "2" / "meta" / "metadata").unlink()
+  # A reader ignores it (with a warning) and changes nothing on disk.
+  with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
+    with checkpoint.Checkpointer(str(tmp_path), read_only=True) as reader:
+      assert reader.all_steps() == [1]
+      assert reader.latest_step() == 1
+  assert any(f"{tmp_path / '2'}: no commit_success.txt" in r.getMessage()
+             for r in caplog.records)
+  assert (tmp_path / "2").is_dir()
+  assert checkpoint.step_problem(tmp_path / "2").startswith("no commit_success")
+  assert checkpoint.step_problem(tmp_path / "1") is None
+  # load_params picks the newest complete step too.
+  assert checkpoint._find_step_dir(str(tmp_path)) == tmp_path / "1"
+  # A writer sets it aside before orbax lists the steps, and can save step 2.
+  with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
+    assert ckpt.all_steps() == [1]
+    assert [n for n in os.listdir(tmp_path) if n.startswith("2.incomplete-")]
+    ckpt.save(2, {"w": jnp.ones(3)}, {"v": "new 2"})
+    ckpt.wait()
+    assert ckpt.restore({"w": _abstract(jnp.zeros(3))})[1:] == ({"v": "new 2"}, 2)
+
+
+def test_old_steps_are_deleted_through_trash(tmp_path):
+  with checkpoint.Checkpointer(str(tmp_path), keep_last=1) as ckpt:
+    for step in (1, 2, 3):
+      ckpt.save(step, {"w": jnp.zeros(4)}, {})
+    ckpt.wait()
+    assert ckpt.all_steps() == [3]
+  # Orbax renamed 1 and 2 into the trash dir (atomic); we emptied it.
+  assert sorted(os.listdir(tmp_path)) == ["3", checkpoint.TRASH_DIR]
+  assert os.listdir(tmp_path / checkpoint.TRASH_DIR) == []
+
+
+def test_read_only_changes_nothing(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    checkpoint.Checkpointer(str(tmp_path / "nowhere"), read_only=True)
+  with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
+    ckpt.save(1, {"w": jnp.zeros(2)}, {})
+  # A save in progress by another process: a reader must not remove it.
+  in_progress = tmp_path / "2.orbax-checkpoint-tmp"
+  in_progress.mkdir()
+  with checkpoint.Checkpointer(str(tmp_path), read_only=True) as reader:
+    assert reader.all_steps() == [1]
+    with pytest.raises(RuntimeError, match="read_only; cannot save step 3"):
+      reader.save(3, {"w": jnp.zeros(2)}, {})
+  assert in_progress.is_dir()
+
+
+_KILL_DURING_SAVE_SCRIPT = textwrap.dedent("""
+  import sys, time
+  import jax.numpy as jnp, numpy as np
+  from big_vision_like import checkpoint
+  directory, size = sys.argv[1], int(sys.argv[2])
+  big = np.random.default_rng(0).normal(size=(size,)).astype(np.float32)
+  with checkpoint.Checkpointer(directory) as ckpt:
+    ckpt.save(1, {"w": jnp.zeros(4)}, {"v": 1})
+    ckpt.wait()
+    print("SAVED_1", flush=True)
+    ckpt.save(2, {"w": jnp.asarray(big)}, {"v": 2})  # async: returns early
+    print("SAVING_2", flush=True)
+    time.sleep(600)
+""")
+
+
+def test_kill_9_during_async_save_resumes_from_previous_step(tmp_path):
+  """SIGKILL while step 2 is being written: step 1 stays the newest."""
+  script = tmp_path / "kill_during_save.py"
+  script.write_text(_KILL_DURING_SAVE_SCRIPT)
+  directory = tmp_path / "ckpt"
+  tmp_step = directory / "2.orbax-checkpoint-tmp"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # 32M random floats take a while to compress and write: kill in between.
+  proc = subprocess.Popen([sys.executable, str(script), str(directory),
+                           str(32 * 2**20)], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+  try:
+    assert proc.stdout.readline().strip() == "SAVED_1"
+    deadline = time.time() + 120
+    while not tmp_step.exists() and time.time() < deadline:
+      time.sleep(0.001)
+    proc.kill()  # SIGKILL: no finaliser, no atexit.
+    proc.wait(timeout=60)
+  finally:
+    proc.kill()
+  # The write was interrupted: only the uncommitted tmp dir is there.
+  assert tmp_step.exists() and not (directory / "2").exists(), os.listdir(directory)
+  with checkpoint.Checkpointer(str(directory)) as ckpt:
+    assert ckpt.all_steps() == [1]
+    _, meta, step = ckpt.restore({"w": _abstract(jnp.zeros(4))})
+    assert (step, meta) == (1, {"v": 1})
+  assert not tmp_step.exists()  # cleaned up at start
 
 
 def test_all_steps_corrupt_raises(tmp_path):
@@ -225,7 +413,7 @@ def test_all_steps_corrupt_raises(tmp_path):
     for step in ("1", "2"):
       (tmp_path / step / "meta" / "metadata").unlink()
     with pytest.raises(checkpoint.CheckpointRestoreError,
-                       match=r"(?s)step 2: .*step 1: "):
+                       match=r"(?s)step 2 \(.*/2\): .*step 1 \(.*/1\): "):
       ckpt.restore({"w": _abstract(jnp.zeros(2))})
 
 
@@ -342,6 +530,8 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
             for k, v in values.items()}
   assert len(params["w"].addressable_shards) == 8
   assert params["w"].addressable_shards[0].data.shape == (2, 3)
+  # Checksums do not depend on the sharding (wrapping integer sums).
+  assert checkpoint.array_checksums(params) == checkpoint.array_checksums(values)
   with checkpoint.Checkpointer(directory) as ckpt:
     ckpt.save(10, {"params": params, "step": 10}, {"pos": 99})
     ckpt.wait()

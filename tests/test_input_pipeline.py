@@ -238,7 +238,7 @@ def test_epoch_where_everything_fails_is_an_error_not_a_hang(small):
   it = input_pipeline.make_train_iterator(small, bad_pp, 4, seed=0,
                                           skip_corrupt=True)
   with pytest.raises(input_pipeline.BadExampleError,
-                     match=r"every record of an epoch failed(.|\n)*"
+                     match=r"two epochs' worth of records failed(.|\n)*"
                            r"train/img_\d+.jpg.*central_crop"):
     next(it)
 
@@ -292,19 +292,22 @@ jax.distributed.initialize(sys.argv[1], num_processes=2,
                            process_id=int(sys.argv[2]))
 from big_vision_like.data import input_pipeline
 data = json.loads(sys.argv[3])
-it = input_pipeline.make_train_iterator(
-    data, "decode|resize(8)|keep('file_name')", 8, seed=0,
-    shuffle_buffer_size=100)
-train = [n.decode() for _ in range(3) for n in next(it)["file_name"]]
+def train_names(order):
+  it = input_pipeline.make_train_iterator(
+      data, "decode|resize(8)|keep('file_name')", 8, seed=0,
+      shuffle_buffer_size=100, order=order)
+  return [n.decode() for _ in range(3) for n in next(it)["file_name"]]
+train, global_order = train_names("per_process"), train_names("global")
 ev, _ = input_pipeline.make_eval_iterator(
     dict(data, split="test"), "decode|resize(8)|keep('label')", 6)
 test = [n.decode() for b in ev for n, m in zip(b["file_name"], b["_mask"])
         if m]
-print("RESULT" + json.dumps({"train": train, "test": test}))
+print("RESULT" + json.dumps({"train": train, "test": test,
+                             "global": global_order}))
 """
 
 
-def test_two_real_processes_read_disjoint_shares_covering_the_split(small):
+def test_two_real_processes_share_the_split_in_both_orders(small):
   import socket
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -320,10 +323,19 @@ def test_two_real_processes_read_disjoint_shares_covering_the_split(small):
     assert p.returncode == 0, out[-3000:]
     line = [l for l in out.splitlines() if l.startswith("RESULT")][-1]
     results.append(json.loads(line[len("RESULT"):]))
-  # Train: 3 batches of 4 per process = one epoch of each 12-record share.
+  # Train, per_process order: 3 batches of 4 per process = one epoch of
+  # each 12-record share.
   a, b = (set(r["train"]) for r in results)
   assert len(a) == len(b) == 12 and not a & b
   assert a | b == {f"train/img_{i:03d}.jpg" for i in range(N)}
+  # Global order: the two processes' rows make up the one-process batches.
+  one = input_pipeline.make_train_iterator(
+      small, "decode|resize(8)|keep('file_name')", 8, seed=0,
+      shuffle_buffer_size=100, process_index=0, process_count=1)
+  for step in range(3):
+    rows = results[0]["global"][4 * step:4 * step + 4]
+    rows += results[1]["global"][4 * step:4 * step + 4]
+    assert rows == [n.decode() for n in next(one)["file_name"]]
   # Eval: every test example exactly once over both processes.
   names = results[0]["test"] + results[1]["test"]
   assert sorted(names) == [f"test/img_{100 + i:03d}.jpg" for i in range(N)]

@@ -1,18 +1,37 @@
 """tf.data pipelines that feed process-local numpy batches to the JAX loop.
 
 Training: an infinite stream of batches whose order AND augmentation are pure
-functions of (seed, position in the stream). Each process reads its own
-contiguous share of the split (`splits.process_share`). Epoch `e` is that
-share shuffled with a seed derived from (seed, e); each example gets a
-stateless `_seed` derived from (seed, process, stream position) that the
+functions of (seed, position in the stream). Epoch `e` of a source is its
+records shuffled with a seed derived from (seed, e); each example gets a
+stateless `_seed` derived from (seed, source, stream position) that the
 random pp ops consume. Resuming at `start_step` therefore skips whole epochs
-arithmetically and the rest of the current epoch before any decoding, and
-yields exactly what an uninterrupted run would have yielded from there.
+arithmetically and the rest of the current epoch by reading (never decoding)
+records, and yields exactly what an uninterrupted run would have yielded.
+
+Two orders (`config.input.order`), which differ in who reads what:
+
+- "global" (default): there is one stream, the same on every process, and
+  the global batch of step k is its positions [k*B, (k+1)*B). Process p of P
+  yields rows [p*B/P, (p+1)*B/P) of it, the rows that
+  `jax.make_array_from_process_local_data` puts at those places of a batch
+  sharded over the data axis. So the global batches (and the losses) do not
+  depend on the process count, and a run can resume on another one. Cost:
+  every process reads (not decodes) every record of the split, P times the
+  I/O of the per_process order; each drops the other processes' rows before
+  decoding, so decoding and pp, the expensive part, are not repeated. (With
+  `cache=True` each process does cache, so decode once, the whole split.)
+  With one process the stream is the per_process one.
+- "per_process": each process reads only its own contiguous share of the
+  split (`splits.process_share`), shuffles it and seeds augmentation by
+  (seed, process, position). Least I/O on a big pod, but the data order
+  depends on the process count.
 
 A weighted mixture of several sources (`data=[{..., "weight": w}, ...]`)
 runs one such stream per source (each with its own pp prefix, seeds and
 shuffle) and picks the source of every position with `mixture.Choices`, a
-pure function of the position, so resuming stays exact and cheap.
+pure function of the position, so resuming stays exact and cheap. In the
+global order the choices do not depend on the process; every process reads
+all sources and decodes only the records of its rows.
 
 Evaluation: every example of the split exactly once across processes, in a
 fixed order, padded to the same number of batches on every process with a
@@ -24,6 +43,10 @@ TFDS), after their stream position is known. A record that fails (corrupt
 or truncated image, or a pp op that rejects it) stops the run with
 `BadExampleError`, which names the record (file name, split slice) and the
 op's error; with `skip_corrupt=True` such records are dropped and counted.
+A process's batch then fills up from its next rows, so in the global order
+the global batches no longer equal those of another process count. (They
+still do with `cache=True` if the records fail in the cached pp prefix, e.g.
+in decoding: such records are dropped while caching, on every process.)
 
 tf.data runs on the CPU only; TensorFlow must not grab the accelerators that
 JAX uses.
@@ -60,10 +83,16 @@ _NEEDS_BYTES_OPS = ("decode_jpeg_and_inception_crop",
 _SHUFFLE_SALT = 0x5EED  # Keeps the shuffle seeds apart from the pp seeds.
 _SOURCE_KEYS = {"name", "split", "data_dir", "weight", "pp"}
 _MAX_REPORTED = 5  # Bad records named in one error message.
+ORDERS = ("global", "per_process")  # Values of `order` (config.input.order).
 
 
 class BadExampleError(RuntimeError):
   """A record could not be read or preprocessed (names the record)."""
+
+
+# tf.data functions that are plain TF code: tracing them with autograph
+# would only cost time (and warnings for several lambdas on one line).
+_plain = tf.autograph.experimental.do_not_convert
 
 
 def _processes(process_index: int | None, process_count: int | None
@@ -196,22 +225,58 @@ def _reproduce(fn: Callable[[dict], dict], raw: dict) -> str | None:
   return None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+  """The positions of a stream that this process preprocesses and yields.
+
+  Rows [lo, lo + size) of every block of `batch` consecutive positions: in
+  the global order `batch` is the global batch and the block is one step's
+  global batch; in the per_process order the stream is the process's own
+  and it takes everything (lo=0, size=batch).
+  """
+  batch: int
+  lo: int
+  size: int
+
+  @property
+  def everything(self) -> bool:
+    return self.size == self.batch
+
+  def owns(self, position: tf.Tensor) -> tf.Tensor:
+    row = position % self.batch
+    return tf.logical_and(row >= self.lo, row < self.lo + self.size)
+
+  def of_step(self, step: int) -> range:
+    """The positions of this process's batch `step` (no records dropped)."""
+    first = step * self.batch + self.lo
+    return range(first, first + self.size)
+
+
 class _SourceStream:
-  """An infinite, shuffled, preprocessed stream of one source's share."""
+  """An infinite, shuffled, preprocessed stream of one source's records.
+
+  The records are share `share_index` of `share_count` of the split: this
+  process's own share in the per_process order, the whole split (share 0 of
+  1) in the global order. Stream position j (counted from epoch 0) is record
+  `shuffle_e[j % n]` of epoch `e = j // n`, augmented with a seed derived
+  from (seed, source, share_index, j).
+  """
 
   def __init__(self, source: dict, pp: str, *, seed: int, source_index: int,
-               num_sources: int, process_index: int, process_count: int,
+               num_sources: int, share_index: int, share_count: int,
                shuffle_buffer_size: int, cache: bool, num_parallel_calls: int,
                skip_corrupt: bool):
     self.source = source
     self.pp = f"{source['pp']}|{pp}" if source.get("pp") else pp
     builder = tfds_source.get_builder(source["name"], source.get("data_dir"))
     share = splits_lib.process_share(
-        builder, source["split"], process_index=process_index,
-        process_count=process_count, drop_remainder=True)
+        builder, source["split"], process_index=share_index,
+        process_count=share_count, drop_remainder=True)
     if share.size == 0:
-      raise ValueError(f"Data {_label(source)} gives process {process_index} "
-                       f"of {process_count} no training examples.")
+      raise ValueError(
+          f"Data {_label(source)} gives process {share_index} of "
+          f"{share_count} no training examples." if share_count > 1 else
+          f"Data {_label(source)} has no training examples.")
     self.records = _Records(source, share, self.pp, builder)
     self.num_examples = sum(hi - lo for _, lo, hi in share.ranges)
     self.shuffle_buffer_size = shuffle_buffer_size
@@ -220,7 +285,7 @@ class _SourceStream:
     # A single source keeps the seeds of the plain (non-mixture) pipeline.
     salt = 0 if num_sources == 1 else (source_index + 1) * 0x9E3779B1
     self._shuffle_seed = (seed ^ _SHUFFLE_SALT) + salt
-    self._example_seed = tf.constant([seed + salt, process_index], tf.int64)
+    self._example_seed = tf.constant([seed + salt, share_index], tf.int64)
     self._full_fn = pp_builder.get_preprocess_fn(self.pp)
 
     records = self.records.dataset()
@@ -270,27 +335,46 @@ class _SourceStream:
         self._example_seed, position)
     return self._epoch_fn(example)
 
-  def dataset(self, start: int) -> tf.data.Dataset:
-    """Preprocessed examples from stream position `start` on (infinite)."""
+  def _positioned(self, start: int) -> tf.data.Dataset:
+    """(position, record) from stream position `start` on, not decoded.
+
+    Whole epochs before `start` are skipped arithmetically, the rest of the
+    first epoch by reading (not decoding) its records.
+    """
     start_epoch, skip = divmod(start, self.n)
-    fn = tf.autograph.experimental.do_not_convert(self._preprocess)
 
     def epoch(e):
       ds = self._epoch(self._records, e)
-      ds = ds.skip(tf.where(e == start_epoch, tf.constant(skip, tf.int64), 0))
-      if not self.skip_corrupt:
-        return ds
-      # Failed records vanish here; an end-of-epoch marker lets the count
-      # below see drops at the end of an epoch and an epoch where all fail.
-      ds = ds.map(lambda p, ex: (p, False, fn(p, ex)), self.num_parallel_calls)
-      ds = ds.ignore_errors(log_warning=True)
-      return ds.concatenate(_marker(ds.element_spec, (e + 1) * self.n))
+      return ds.skip(tf.where(e == start_epoch, tf.constant(skip, tf.int64), 0))
 
     ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)
-    ds = ds.flat_map(epoch)
+    return ds.flat_map(epoch)
+
+  def dataset(self, start: int, rows: _Rows,
+              positions: tf.data.Dataset | None = None) -> tf.data.Dataset:
+    """Preprocessed examples of the rows this process owns (infinite).
+
+    Args:
+      start: the first source stream position.
+      rows: which positions of the (mixed) stream this process takes.
+      positions: the mixed-stream position of every source position from
+        `start` on (mixtures); None: they are the source positions.
+    """
+    ds = self._positioned(start)
+    if not rows.everything:  # Drop the other processes' rows BEFORE decoding.
+      if positions is None:
+        ds = ds.filter(_plain(lambda j, _: rows.owns(j)))
+      else:
+        ds = tf.data.Dataset.zip(ds, positions)
+        ds = ds.filter(_plain(lambda _, g: rows.owns(g)))
+        ds = ds.map(_plain(lambda item, _: item))
+    fn = _plain(self._preprocess)
     if not self.skip_corrupt:
       return ds.map(fn, num_parallel_calls=self.num_parallel_calls)
-    return _count_dropped(ds, start, _label(self.source))
+    # About as many of the kept positions as one epoch gives this process.
+    period = max(1, math.ceil(self.n * rows.size / rows.batch))
+    return _skip_and_count(ds, fn, period, self.num_parallel_calls,
+                           _label(self.source))
 
   def describe_position(self, position: int, limit: int = 1
                         ) -> list[tuple[str, str | None]]:
@@ -335,61 +419,92 @@ class _SourceStream:
     return out
 
 
-def _marker(spec: Any, position: tf.Tensor) -> tf.data.Dataset:
-  """One (position, True, dummy example) element closing an epoch."""
-  def dummy(s):
-    shape = [d or 0 for d in s.shape]
-    return (tf.fill(shape, "") if s.dtype == tf.string
-            else tf.zeros(shape, s.dtype))
-  return tf.data.Dataset.from_tensors(
-      (position, True, tf.nest.map_structure(dummy, spec[2])))
+def _dummy(spec: tf.TensorSpec) -> tf.Tensor:
+  """A cheap stand-in value of `spec` (unknown dims are 0)."""
+  shape = [d or 0 for d in spec.shape]
+  return (tf.fill(shape, "") if spec.dtype == tf.string
+          else tf.zeros(shape, spec.dtype))
 
 
-def _count_dropped(ds: tf.data.Dataset, start: int,
+def _skip_and_count(ds: tf.data.Dataset, fn: Callable, period: int,
+                    num_parallel_calls: int, label: str) -> tf.data.Dataset:
+  """`ds.map(fn)` that drops the records `fn` fails on, adding `_skipped`.
+
+  `ds` holds (position, record). A marker goes in after every `period`
+  records and bypasses `fn`, so the counting below still sees elements when
+  every record fails. Dropped records are found as gaps in the ordinals of
+  the records that survive (`_count_dropped`).
+  """
+  out_spec = ds.map(fn).element_spec  # Traced only, for the markers' dummies.
+  marker = (tf.constant(-1, tf.int64),
+            tf.nest.map_structure(_dummy, ds.element_spec[1]))
+  markers = tf.data.Dataset.from_tensors(marker).repeat()
+  pattern = tf.data.Dataset.range(np.iinfo(np.int64).max).map(
+      _plain(lambda i: tf.cast(i % (period + 1) == period, tf.int64)))
+  ds = tf.data.Dataset.choose_from_datasets([ds, markers], pattern)
+
+  def run(i, item):
+    is_marker = i % (period + 1) == period
+    ordinal = i - i // (period + 1)  # Of the record (a marker: of the next).
+    example = tf.cond(is_marker,
+                      lambda: tf.nest.map_structure(_dummy, out_spec),
+                      lambda: fn(*item))
+    return ordinal, is_marker, example
+
+  ds = ds.enumerate().map(_plain(run), num_parallel_calls=num_parallel_calls)
+  ds = ds.ignore_errors(log_warning=True)
+  return _count_dropped(ds, 2 * period, label)
+
+
+def _count_dropped(ds: tf.data.Dataset, limit: int,
                    label: str) -> tf.data.Dataset:
   """Adds `_skipped`: records dropped just before each example.
 
-  `ds` holds (position, is_marker, example) with the failed positions
-  missing and a marker at each epoch end; summing `_skipped` over the stream
-  counts every dropped record once. An epoch in which every record fails
-  is an error (otherwise the stream would spin forever).
+  `ds` holds (ordinal, is_marker, example) with the failed ordinals missing
+  and markers in between; summing `_skipped` over the stream counts every
+  dropped record once. `limit` failures in a row is an error (otherwise a pp
+  string that fails on everything would spin forever). With `limit` twice a
+  process's epoch that cannot happen while one record per epoch survives in
+  the per_process order; in the global order a process sees a random part
+  of each epoch, so it needs nearly all records to fail.
   """
   def step(state, item):
-    prev, pending, kept = state
-    position, is_marker, example = item
-    dropped = pending + position - prev - 1
+    prev, pending = state
+    ordinal, is_marker, example = item
+    dropped = pending + ordinal - prev - 1  # Failures since the last kept.
     check = tf.debugging.Assert(
-        tf.logical_or(tf.logical_not(is_marker), kept > 0),
-        [f"Every record of an epoch of {label} failed to preprocess "
-         f"(skip_corrupt=True); the logged warnings say why. Position:",
-         position])
+        tf.logical_or(tf.logical_not(is_marker), dropped < limit),
+        [f"{limit} records of {label} in a row (two epochs' worth for this "
+         f"process) failed to preprocess (skip_corrupt=True); the logged "
+         f"warnings say why. Failures in a row:", dropped])
     with tf.control_dependencies([check]):
       example = {**example, SKIPPED_KEY: tf.identity(dropped)}
-    new_state = (tf.where(is_marker, position - 1, position),
-                 tf.where(is_marker, dropped, tf.constant(0, tf.int64)),
-                 tf.where(is_marker, tf.constant(0, tf.int64), kept + 1))
+    new_state = (tf.where(is_marker, ordinal - 1, ordinal),
+                 tf.where(is_marker, dropped, tf.constant(0, tf.int64)))
     return new_state, (is_marker, example)
 
-  zero = tf.constant(0, tf.int64)
-  ds = ds.scan((tf.constant(start - 1, tf.int64), zero, zero), step)
-  return ds.filter(lambda is_marker, _: tf.logical_not(is_marker)).map(
-      lambda _, example: example)
+  start = (tf.constant(-1, tf.int64), tf.constant(0, tf.int64))
+  ds = ds.scan(start, _plain(step))
+  ds = ds.filter(_plain(lambda is_marker, _: tf.logical_not(is_marker)))
+  return ds.map(_plain(lambda _, example: example))
 
 
 class TrainIterator:
   """Infinite iterator of process-local numpy batches (see module doc)."""
 
   def __init__(self, ds: tf.data.Dataset, *, streams: list[_SourceStream],
-               choices: mixture_lib.Choices | None, num_examples: int,
-               examples_per_process: int, local_batch_size: int,
-               start_step: int, skip_corrupt: bool):
+               choices: mixture_lib.Choices | None, rows: _Rows, order: str,
+               num_examples: int, examples_per_process: int,
+               local_batch_size: int, start_step: int, skip_corrupt: bool):
     self.num_examples = num_examples  # Global split size (all sources).
-    self.examples_per_process = examples_per_process  # One epoch, here.
+    # One epoch's examples on this process (rounded down in global order).
+    self.examples_per_process = examples_per_process
     self.local_batch_size = local_batch_size
+    self.order = order
     self.start_step = start_step
     self.skip_corrupt = skip_corrupt
     self.skipped = 0  # Records dropped since start (skip_corrupt=True).
-    self._streams, self._choices = streams, choices
+    self._streams, self._choices, self._rows = streams, choices, rows
     spec = dict(ds.element_spec)
     spec.pop(SKIPPED_KEY, None)
     self.element_spec = spec
@@ -419,11 +534,9 @@ class TrainIterator:
 
   def _bad_example_error(self, error: tf.errors.OpError) -> BadExampleError:
     """Finds the record behind `error` by replaying the failed batch."""
-    batch = self.local_batch_size
-    first = (self.start_step + self._batches) * batch
     found = []
     try:
-      for position in range(first, first + batch):
+      for position in self._rows.of_step(self.start_step + self._batches):
         if self._choices is None:
           stream, local = self._streams[0], position
         else:
@@ -452,8 +565,9 @@ def _error_message(error: tf.errors.OpError,
   lines = [f"  {where}: {why or tf_message}" for where, why in found]
   if skip_corrupt:
     return BadExampleError(
-        "With input.skip_corrupt=True, every record of an epoch failed, so "
-        "the pp string (not the data) is the likely culprit. For example:\n"
+        "With input.skip_corrupt=True, two epochs' worth of records failed "
+        "in a row (every record fails, or nearly), so the pp string (not the "
+        "data) is the likely culprit. For example:\n"
         + "\n".join(lines))
   return BadExampleError(
       "Bad input record(s) (corrupt/truncated image, or a pp op rejected "
@@ -467,7 +581,7 @@ def make_train_iterator(
     cache: bool = False, prefetch: int = 2,
     num_parallel_calls: int = tf.data.AUTOTUNE,
     process_index: int | None = None, process_count: int | None = None,
-    skip_corrupt: bool = False,
+    skip_corrupt: bool = False, order: str = "global",
 ) -> TrainIterator:
   """Infinite, reshuffled, augmented training batches for this process.
 
@@ -478,49 +592,75 @@ def make_train_iterator(
     pp: the pp string; random ops get a per-example seed.
     global_batch_size: examples per step over all processes; each process
       yields `global_batch_size // process_count` of them.
-    seed: the global data seed. Order and augmentation depend only on it.
+    seed: the global data seed. Order and augmentation depend only on it
+      (and, in the per_process order, on the process).
     start_step: first step to yield (resume): batch k of this iterator is
       batch `start_step + k` of an uninterrupted one.
     shuffle_buffer_size: tf.data shuffle buffer (examples, per source).
     cache: keep the decoded, not yet augmented records (the output of the pp
-      ops before the first random one) in memory.
+      ops before the first random one) in memory. In the global order every
+      process caches (so decodes once) the whole split.
     prefetch: batches to prefetch.
     num_parallel_calls: parallelism of the pp map.
     process_index, process_count: default to JAX's; override for tests.
     skip_corrupt: drop (and count, in `.skipped`) records that fail to
       decode or preprocess instead of failing with `BadExampleError`.
+    order: `config.input.order`. "global" (default): step k's global batch
+      is the same for any number of processes; process p yields its rows
+      [p * B/P, (p + 1) * B/P). "per_process": each process reads and
+      shuffles only its own contiguous share (least I/O; the data order
+      depends on the process count). See the module doc.
   """
+  if order not in ORDERS:
+    raise ValueError(f"input.order={order!r} is not one of {ORDERS}.")
   sources = data_sources(data)
   index, count = _processes(process_index, process_count)
   batch = local_batch_size(global_batch_size, count)
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
+  if order == "global":
+    # Every process runs the same (whole-split) streams and keeps its rows.
+    share_index, share_count = 0, 1
+    rows = _Rows(global_batch_size, index * batch, batch)
+  else:
+    share_index, share_count = index, count
+    rows = _Rows(batch, 0, batch)
   streams = [
       _SourceStream(s, pp, seed=seed, source_index=i,
-                    num_sources=len(sources), process_index=index,
-                    process_count=count,
+                    num_sources=len(sources), share_index=share_index,
+                    share_count=share_count,
                     shuffle_buffer_size=shuffle_buffer_size, cache=cache,
                     num_parallel_calls=num_parallel_calls,
                     skip_corrupt=skip_corrupt)
       for i, s in enumerate(sources)]
-  start = start_step * batch
+  start = start_step * rows.batch  # First position of the (mixed) stream.
   if len(streams) == 1:
     choices = None
-    ds = streams[0].dataset(start)
+    ds = streams[0].dataset(start, rows)
   else:
     weights = mixture_lib.normalized_weights(
         [s["weight"] for s in sources], [_label(s) for s in sources])
-    choices = mixture_lib.Choices(weights, seed=seed, process_index=index)
+    choices = mixture_lib.Choices(weights, seed=seed,
+                                  process_index=share_index)
     offsets = [int(c) for c in choices.counts_before(start)]
-    parts = [st.dataset(o) for st, o in zip(streams, offsets)]
+    parts = [st.dataset(o, rows, None if rows.everything
+                        else choices.positions_of(i, start))
+             for i, (st, o) in enumerate(zip(streams, offsets))]
     _check_same_structure(parts, sources)
-    ds = tf.data.Dataset.choose_from_datasets(parts, choices.dataset(start))
+    selector = choices.dataset(start)
+    if not rows.everything:  # The sources of this process's rows only.
+      selector = tf.data.Dataset.zip(
+          tf.data.Dataset.range(start, np.iinfo(np.int64).max), selector)
+      selector = selector.filter(_plain(lambda g, _: rows.owns(g)))
+      selector = selector.map(_plain(lambda _, source: source))
+    ds = tf.data.Dataset.choose_from_datasets(parts, selector)
   ds = ds.batch(batch, drop_remainder=True).prefetch(prefetch)
   return TrainIterator(
-      ds, streams=streams, choices=choices,
+      ds, streams=streams, choices=choices, rows=rows, order=order,
       num_examples=sum(st.num_examples for st in streams),
-      examples_per_process=sum(st.n for st in streams), local_batch_size=batch,
-      start_step=start_step, skip_corrupt=skip_corrupt)
+      examples_per_process=sum(st.n for st in streams) * batch // rows.batch,
+      local_batch_size=batch, start_step=start_step,
+      skip_corrupt=skip_corrupt)
 
 
 def _check_same_structure(parts: list[tf.data.Dataset],

@@ -1,13 +1,17 @@
 """Which source each example of a weighted training mixture comes from.
 
-Position p of a process's mixed stream takes its example from source
-`choice(p)`, a pure function of (seed, process, p): uniform numbers drawn
+Position p of a mixed stream takes its example from source `choice(p)`, a
+pure function of (seed, stream, p): uniform numbers drawn
 statelessly in blocks of `BLOCK` positions, mapped through the cumulative
 weights. Being a pure function of the position is what makes resuming cheap
 and exact: `counts_before(P)` says how many examples each source gave up to
 position P (computed in-graph in a few seconds even for billions of
 positions), so every source stream restarts at its own offset without
 reading anything.
+
+In the global input order there is one mixed stream, the same on every
+process (drawn as stream 0); in the per_process order each process has its
+own (stream = process index).
 """
 
 from __future__ import annotations
@@ -34,7 +38,11 @@ def normalized_weights(weights: Sequence[float], names: Sequence[str]
 
 
 class Choices:
-  """The source index of every position of one process's mixed stream."""
+  """The source index of every position of one mixed stream.
+
+  `process_index` selects the stream: 0 for the global order's one stream,
+  the process index for a per_process order stream.
+  """
 
   def __init__(self, weights: np.ndarray, *, seed: int, process_index: int):
     self.num_sources = len(weights)
@@ -54,6 +62,15 @@ class Choices:
     first, skip = divmod(start, BLOCK)
     ds = tf.data.Dataset.range(first, np.iinfo(np.int64).max)
     return ds.map(self._block).unbatch().skip(skip)
+
+  def positions_of(self, source: int, start: int) -> tf.data.Dataset:
+    """Infinite dataset of the positions >= `start` that choose `source`."""
+    ds = tf.data.Dataset.zip(
+        tf.data.Dataset.range(start, np.iinfo(np.int64).max),
+        self.dataset(start))
+    plain = tf.autograph.experimental.do_not_convert
+    ds = ds.filter(plain(lambda _, s: tf.equal(s, source)))
+    return ds.map(plain(lambda p, _: p))
 
   def counts_before(self, position: int) -> np.ndarray:
     """How many of positions [0, position) each source provides."""
