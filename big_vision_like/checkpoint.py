@@ -405,10 +405,6 @@ class Checkpointer:
                          array_checksums(restored[STATE]))
     return restored[STATE], restored[META], step
 
-  def reached_preemption(self, step: int) -> bool:
-    """True once a preemption signal was received (multi-host synced)."""
-    return self._manager.reached_preemption(step)
-
   def wait(self) -> None:
     """Blocks until all background saves are committed; re-raises their errors."""
     self._manager.wait_until_finished()

@@ -112,7 +112,11 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
   # `config.model.X` may add a field: build_model checks it against the model's
   # dataclass fields (so a typo still fails, naming the known fields).
   adds_model_field = parts[:-1] == ["model"]
-  if last not in node and not adds_model_field:
+  # Any key the trainer knows may be added, e.g. --config.profile=5 on a
+  # config that does not mention profiling.
+  adds_known_key = ((len(parts) == 1 and last in KNOWN_KEYS) or
+                    (parts[:-1] == ["input"] and last in KNOWN_INPUT_KEYS))
+  if last not in node and not (adds_model_field or adds_known_key):
     raise ConfigError(_unknown_key_msg(f"config key 'config.{key}'", last, node.keys()))
   value = _literal(raw)
   old = node.get(last)
@@ -128,16 +132,16 @@ KNOWN_KEYS = {
     "input", "model_name", "model", "model_init", "model_init_skip", "loss",
     "optax_name", "optax", "lr", "wd", "wd_mults", "lr_mults", "frozen",
     "schedule", "grad_clip_norm", "grad_accum_steps",
-    "mesh", "sharding_strategy", "data_axes",
+    "mesh", "mesh_dcn", "sharding_strategy", "sharding_rules", "data_axes",
     "log_training_steps", "log_training_epochs", "log_training_examples",
     "log_training_percent",
     "ckpt_steps", "ckpt_epochs", "ckpt_examples", "ckpt_percent",
     "keep_ckpt_last", "keep_ckpt_steps", "ckpt_async",
     "evals", "num_classes", "peak_flops", "init_head_bias", "mixup",
-    "device_value_range",
+    "device_value_range", "profile",
 }
 KNOWN_INPUT_KEYS = {"data", "pp", "batch_size", "shuffle_buffer_size", "cache", "skip_corrupt",
-                    "prefetch"}
+                    "prefetch", "order"}
 # Every evaluator takes these; the rest are its constructor's keyword arguments.
 EVAL_LOOP_KEYS = {"type", "log_steps", "log_epochs", "log_examples", "log_percent"}
 # Constructor arguments the train loop fills in or that are internal.
@@ -189,6 +193,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       and all(isinstance(v, (int, float)) for v in dvr) and dvr[0] != dvr[1]):
     raise ConfigError(f"config.device_value_range must be None or (vmin, vmax) with "
                       f"vmin != vmax, got {dvr!r}")
+  order = config.input.get("order", "global")
+  if order not in input_pipeline.ORDERS:
+    raise ConfigError(f"config.input.order={order!r} is not one of {input_pipeline.ORDERS}")
   try:
     input_pipeline.data_sources(config.input.data)
   except ValueError as e:
@@ -203,6 +210,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     registry.LOSSES.get(config.loss)
   pp_builder.get_preprocess_fn(config.input.pp)
   mixup_lib.from_config(config.get("mixup"))
+  from big_vision_like import profiling  # pylint: disable=g-import-not-at-top
+  profiling.parse(config.get("profile"), 0)
   for name, ev in config.get("evals", {}).items():
     if "type" not in ev:
       raise ConfigError(f"config.evals.{name}.type is required")

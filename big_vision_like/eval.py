@@ -30,13 +30,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Restores the params of `step` (default latest) and runs all evaluators."""
   config_lib.validate(config)
   ckpt_dir = epath.Path(workdir) / "checkpoints"
-  ckpt = ckpt_lib.Checkpointer(str(ckpt_dir), async_save=False)
+  # Read-only: an evaluation next to a running training must not clean up the
+  # training's in-progress checkpoint writes.
+  ckpt = ckpt_lib.Checkpointer(str(ckpt_dir), async_save=False, read_only=True)
   step = ckpt.latest_step() if step is None else step
   ckpt.close()
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {ckpt_dir}: train first, or pass the "
                             "workdir of a finished run")
-  mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]))
+  mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]), dcn=config.get("mesh_dcn"))
   data_axes = sharding_lib.data_axes(mesh, config.get("data_axes"))
   batch_size = config.input.batch_size
   model = train_lib.build_model(config)
@@ -51,12 +53,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     if None in shapes[key]:
       raise ValueError(f"config.input.pp gives {key!r} of unknown shape {shapes[key]}; "
                        "end it with a fixed-size op (resize/central_crop, tokenize(len))")
-  params, _ = train_lib.init_params(model, shapes, jax.random.key(0),
-                                    mesh, config.get("sharding_strategy",
-                                                     [(".*", "replicate")]))
+  rules = config.get("sharding_rules")
+  params, _ = train_lib.init_params(model, shapes, jax.random.key(0), mesh,
+                                    sharding_lib.strategy_from_config(config), rules=rules)
   params = ckpt_lib.load_params(str(ckpt_dir / str(step)), params)
   evaluators = train_lib.make_evaluators(
-      config, train_lib.make_predict_fn(model, config.get("device_value_range")), mesh,
+      config, train_lib.make_predict_fn(model, config.get("device_value_range"), mesh=mesh,
+                                        rules=rules, batch_axes=data_axes), mesh,
       data_axes, batch_size=batch_size,
       total_steps=step, num_train_examples=input_pipeline.train_examples(
           config.input.data), workdir=workdir)

@@ -7,7 +7,9 @@ Usage:
 
 A workdir that already holds a checkpoint resumes from it: same data order,
 same random numbers, same result as a run that was never interrupted. SIGTERM
-(a preemption notice) finishes the current step, saves and exits 0.
+(a preemption notice) to any process stops every process after the same step
+(the current one with one process, 2-3 steps later with several), saves it and
+exits 0. Multi-process launch flags: see distributed.py.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import signal
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -29,10 +30,12 @@ from etils import epath
 
 from big_vision_like import checkpoint as ckpt_lib
 from big_vision_like import config as config_lib
+from big_vision_like import distributed
 from big_vision_like import durations
 from big_vision_like import metrics as metrics_lib
 from big_vision_like import mixup as mixup_lib
 from big_vision_like import optim
+from big_vision_like import profiling
 from big_vision_like import registry
 from big_vision_like import sharding as sharding_lib
 from big_vision_like.data import input_pipeline
@@ -87,13 +90,23 @@ def model_inputs(model) -> tuple[str, ...]:
   return ("image", "text") if is_two_tower(model) else ("image",)
 
 
-def make_predict_fn(model, value_range: Sequence[float] | None = None
+def make_predict_fn(model, value_range: Sequence[float] | None = None, *,
+                    mesh=None, rules=None, batch_axes: Sequence[str] | None = None
                     ) -> Callable[[Any, dict], Any]:
   """(params, batch) -> logits; for a two-tower model a dict instead.
 
   The two-tower dict holds "zimg" (if the batch has "image"), "ztxt" (if it
-  has "text"), and the temperature "t" and bias "b".
+  has "text"), and the temperature "t" and bias "b". With `mesh` and `rules`
+  (`config.sharding_rules`) the model's activation constraints apply when the
+  evaluator jits the fn ("batch" defaults to `batch_axes`, else the data axes).
   """
+  fn = _predict_fn(model, value_range)
+  if mesh is None:
+    return fn
+  return sharding_lib.with_logical_rules(fn, mesh, rules, batch_axes)
+
+
+def _predict_fn(model, value_range):
   if is_two_tower(model):
     def embed(params, batch):
       image = batch.get("image")
@@ -130,28 +143,48 @@ def _dummy_inputs(model, shapes) -> tuple[jax.Array, ...]:
   return tuple(out)
 
 
-def init_params(model, shapes, rng, mesh, strategy):
+def _uses_logical(strategy) -> bool:
+  return any(str(rule).partition("(")[0].strip() == "logical" for _, rule in strategy)
+
+
+def init_params(model, shapes, rng, mesh, strategy, rules=None):
   """Parameters created directly with their final sharding (never replicated first).
 
   `shapes`: the image shape (without batch), or {batch key: shape}.
+  `rules`: `config.sharding_rules`, for the "logical" strategy rule (the
+  model's logical axis names are read by tracing its init; the params
+  themselves are plain arrays).
   """
   dummies = _dummy_inputs(model, shapes)
 
   def init(rng):
     return model.init({"params": rng}, *dummies, train=False)["params"]
   abstract = jax.eval_shape(init, rng)
-  shardings = sharding_lib.param_shardings(abstract, mesh, strategy)
+  logical = None
+  if _uses_logical(strategy):
+    logical = sharding_lib.logical_axes(lambda: init(rng))
+  shardings = sharding_lib.param_shardings(abstract, mesh, strategy,
+                                           logical_axes=logical, rules=rules)
   return jax.jit(init, out_shardings=shardings)(rng), shardings
 
 
-def init_state(params, tx, mesh, strategy):
+def init_state(params, tx, mesh, strategy, rules=None):
   """{"params", "opt"} with the optimizer state created already sharded.
 
   Returns (state, abstract_state, state_shardings); optimizer moments follow
-  their parameter's sharding rule.
+  their parameter's sharding rule (under "logical": the sharding `params`
+  already have, so pass the params from `init_params`).
   """
   abstract = jax.eval_shape(lambda p: {"params": p, "opt": tx.init(p)}, params)
-  shardings = sharding_lib.state_shardings(abstract, mesh, strategy)
+  like = None
+  if _uses_logical(strategy):
+    like = jax.tree.map(lambda p: getattr(p, "sharding", None), params)
+    if not all(isinstance(s, jax.sharding.NamedSharding) for s in jax.tree.leaves(
+        like, is_leaf=lambda x: x is None)):
+      raise ValueError("init_state: the 'logical' sharding rule needs the sharded "
+                       "params that init_params returns")
+  shardings = sharding_lib.state_shardings(abstract, mesh, strategy, rules=rules,
+                                           like_params=like)
   opt = jax.jit(tx.init, out_shardings=shardings["opt"])(params)
   return {"params": params, "opt": opt}, abstract, shardings
 
@@ -173,6 +206,10 @@ def jit_train_step(config, model, tx, schedule, mesh, state_shardings, batch_sha
                             config.get("grad_accum_steps", 1) or 1, frozen=frozen,
                             value_range=config.get("device_value_range"),
                             mixup=mixup_lib.from_config(config.get("mixup")))
+  # The model's activation constraints, from config.sharding_rules (no-op without).
+  step_fn = sharding_lib.with_logical_rules(
+      step_fn, mesh, config.get("sharding_rules"),
+      sharding_lib.data_axes(mesh, config.get("data_axes")))
   return jax.jit(step_fn,
                  in_shardings=(state_shardings, batch_shardings, replicated, replicated),
                  out_shardings=(state_shardings, replicated), donate_argnums=0)
@@ -282,28 +319,11 @@ def run_evals(evaluators, params, step, writer, *, final=False):
   return results
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step."""
+class _Preemption(distributed.PreemptionSync):
+  """SIGTERM (to any process) -> every process stops after the same step.
 
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. some test runners)
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: finishing this step, saving, exiting.")
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+  The loop asks `should_stop(step)` after each step; see distributed.py.
+  """
 
 
 def make_train_step(model, loss_fn, tx, schedule, accum_steps: int, *,
@@ -381,7 +401,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if is_main:
     (workdir_path / "config.json").write_text(config_lib.to_json(config))
 
-  mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]))
+  mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]), dcn=config.get("mesh_dcn"))
   data_axes = sharding_lib.data_axes(mesh, config.get("data_axes"))
   batch_sharding = sharding_lib.batch_sharding(mesh, data_axes)
   batch_size = config.input.batch_size
@@ -411,14 +431,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       async_save=config.get("ckpt_async", True))
   start_step = ckpt.latest_step() or 0
 
-  train_iter = input_pipeline.make_train_iterator(
-      data_cfg, config.input.pp, batch_size, seed=config.get("seed", 0),
-      start_step=start_step,
-      shuffle_buffer_size=config.input.get("shuffle_buffer_size", 50_000),
-      cache=config.input.get("cache", False), prefetch=config.input.get("prefetch", 2),
-      skip_corrupt=config.input.get("skip_corrupt", False))
-  # Strings (e.g. a kept file_name) cannot go to the devices.
-  first_batch, _ = input_pipeline.split_host_keys(next(train_iter))
+  def data_from(step):
+    """The training batches from `step` on, and the first of them."""
+    it = input_pipeline.make_train_iterator(
+        data_cfg, config.input.pp, batch_size, seed=config.get("seed", 0),
+        start_step=step,
+        shuffle_buffer_size=config.input.get("shuffle_buffer_size", 50_000),
+        cache=config.input.get("cache", False), prefetch=config.input.get("prefetch", 2),
+        skip_corrupt=config.input.get("skip_corrupt", False),
+        order=config.input.get("order", "global"))
+    # Strings (e.g. a kept file_name) cannot go to the devices.
+    return it, input_pipeline.split_host_keys(next(it))[0]
+
+  train_iter, first_batch = data_from(start_step)
   if first_batch.get("image") is not None and first_batch["image"].dtype == np.uint8:
     device_images(first_batch["image"][:1], config.get("device_value_range"))  # fails early
   model = build_model(config)
@@ -439,16 +464,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   shapes = {k: first_batch[k].shape[1:] for k in model_inputs(model)}
   rng = jax.random.key(config.get("seed", 0))
   init_rng, dropout_rng = jax.random.split(rng)
-  strategy = config.get("sharding_strategy", [(".*", "replicate")])
-  params, _ = init_params(model, shapes, init_rng, mesh, strategy)
+  strategy = sharding_lib.strategy_from_config(config)
+  rules = config.get("sharding_rules")
+  params, _ = init_params(model, shapes, init_rng, mesh, strategy, rules=rules)
   tx, schedule = optim.make_optimizer(config, params, total_steps=total_steps,
                                       batch_size=batch_size, num_examples=num_examples)
-  state, abstract_state, state_shardings = init_state(params, tx, mesh, strategy)
+  state, abstract_state, state_shardings = init_state(params, tx, mesh, strategy, rules=rules)
+  logging.info("Memory: %s", sharding_lib.memory_report(state))
 
   if start_step:
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract_state, state_shardings)
     state, meta, restored_step = ckpt.restore(abstract)
+    if restored_step != start_step:
+      # The newest step was unreadable and restore fell back to an older one:
+      # the data must restart there too, or the run would silently diverge.
+      train_iter, first_batch = data_from(restored_step)
     start_step = restored_step
     logging.info("Resumed from step %d (%s)", start_step, meta)
   elif config.get("model_init"):
@@ -458,7 +489,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   train_step = jit_train_step(config, model, tx, schedule, mesh, state_shardings,
                               {k: batch_sharding for k in first_batch})
 
-  predict_fn = make_predict_fn(model, config.get("device_value_range"))
+  predict_fn = make_predict_fn(model, config.get("device_value_range"), mesh=mesh, rules=rules,
+                               batch_axes=data_axes)
   evaluators = make_evaluators(config, predict_fn, mesh, data_axes, batch_size=batch_size,
                                total_steps=total_steps, num_train_examples=num_examples,
                                workdir=str(workdir_path))
@@ -482,6 +514,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     ckpt.save(step, state, {"step": step, "examples_seen": step * batch_size,
                             "seed": config.get("seed", 0)}, force=True)
 
+  profiler = profiling.StepProfiler(config.get("profile"), str(workdir_path / "tensorboard"),
+                                    start_step=start_step)
   step = start_step
   preempted = False
   results: dict[str, Any] = {}
@@ -492,9 +526,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         batch, _ = input_pipeline.split_host_keys(next(train_iter))
       gbatch = sharding_lib.put_process_local_batch(batch, batch_sharding)
       batch = None
-      state, m = train_step(state, gbatch, jnp.int32(step), dropout_rng)
+      profiler.before(step)
+      with profiler.annotation(step):
+        state, m = train_step(state, gbatch, jnp.int32(step), dropout_rng)
+      profiler.after(step, m)
       step += 1
-      stop = preemption.requested  # read once: the signal may arrive at any moment
+      stop = preemption.should_stop(step)  # read once; the same on every process
       is_log = step % log_every == 0 or step == total_steps
       is_ckpt = step % ckpt_every == 0 or step == total_steps or stop
       if is_log or is_ckpt:
@@ -524,6 +561,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                final=step == total_steps))
       progress.pause(time.perf_counter() - t0)
 
+  profiler.stop()
   ckpt.wait()
   ckpt.close()
   writer.flush()
@@ -534,32 +572,26 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def parse_cli(argv: list[str]) -> tuple[ml_collections.ConfigDict, str]:
   """`--config path[:arg]`, `--workdir DIR` and any `--config.a.b=value` overrides.
 
-  Multi-process runs: `--distributed` lets `jax.distributed.initialize` find
-  its settings (Cloud TPU VMs, SLURM); `--coordinator_address HOST:PORT
-  --num_processes N --process_id I` set them explicitly (e.g. localhost).
+  Multi-process runs (see distributed.py): `--coordinator_address HOST:PORT
+  --num_processes N --process_id I` (e.g. localhost), else the environment
+  variables BVL_COORDINATOR_ADDRESS/BVL_NUM_PROCESSES/BVL_PROCESS_ID, else
+  `--distributed` (JAX finds them on Cloud TPU VMs, SLURM); nothing: one
+  process. `--heartbeat_timeout_s` bounds how long a dead peer goes unnoticed.
   """
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--config", required=True, help="path/to/config.py[:arg]")
   parser.add_argument("--workdir", required=True)
-  parser.add_argument("--distributed", action="store_true",
-                      help="call jax.distributed.initialize() with auto-detection")
-  parser.add_argument("--coordinator_address", default=None)
-  parser.add_argument("--num_processes", type=int, default=None)
-  parser.add_argument("--process_id", type=int, default=None)
+  distributed.add_flags(parser)
   args, rest = parser.parse_known_args(argv)
   overrides = []
   for item in rest:
     if not item.startswith("--config."):
       parser.error(f"unrecognized argument {item!r}")
     overrides.append(item[len("--config."):])
-  explicit = (args.coordinator_address, args.num_processes, args.process_id)
-  if any(v is not None for v in explicit):
-    if any(v is None for v in explicit):
-      parser.error("--coordinator_address, --num_processes and --process_id go together")
-    jax.distributed.initialize(args.coordinator_address, args.num_processes,
-                               args.process_id)
-  elif args.distributed:
-    jax.distributed.initialize()
+  try:
+    distributed.initialize_from_args(args)
+  except distributed.DistributedSetupError as e:
+    parser.error(str(e))
   return config_lib.load_config(args.config, overrides), args.workdir
 
 
@@ -568,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
   # anything (logging included) asks JAX about its devices.
   config, workdir = parse_cli(sys.argv[1:] if argv is None else argv)
   metrics_lib.setup_logging()
+  logging.info(distributed.describe())
   out = train(config, workdir)
   out.pop("state")
   logging.info("Done: %s", {k: v for k, v in out.items()})

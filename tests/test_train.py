@@ -138,19 +138,34 @@ def _params_of(workdir, config, step):
   return jax.tree.map(np.asarray, out["state"]["params"])
 
 
-def test_resumed_run_ends_with_identical_params(fashion_mnist_data_dir, tmp_path):
+@pytest.mark.parametrize("newest", ["missing", "truncated"])
+def test_resumed_run_ends_with_identical_params(fashion_mnist_data_dir, tmp_path, caplog,
+                                                newest):
   # Dropout and random augmentation are on, so data order, augmentation and rng
   # streams must all be resumed exactly for the params to match bit for bit.
   extra = {"model.dropout": 0.1, "evals.test.log_percent": 100}
   config = tiny_config(fashion_mnist_data_dir, **extra)
   full = str(tmp_path / "full")
   train_lib.train(config, full)
-  # Interrupt: the same run, minus everything after its step-10 checkpoint.
+  # Interrupt: the same run, minus everything after its step-10 checkpoint;
+  # or with a damaged step-20 checkpoint, which restore skips (falling back
+  # to step 10, whose data position the input must then also restart from).
   part = str(tmp_path / "part")
   shutil.copytree(full, part)
-  shutil.rmtree(os.path.join(part, "checkpoints", "20"))
-  out = train_lib.train(tiny_config(fashion_mnist_data_dir, **extra), part)
+  step20 = os.path.join(part, "checkpoints", "20")
+  if newest == "missing":
+    shutil.rmtree(step20)
+  else:
+    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step20, "state"))
+             for f in fs if os.path.basename(d) == "d"]
+    biggest = max(files, key=os.path.getsize)
+    with open(biggest, "r+b") as f:
+      f.truncate(os.path.getsize(biggest) // 2)
+  with caplog.at_level("WARNING"):
+    out = train_lib.train(tiny_config(fashion_mnist_data_dir, **extra), part)
   assert out["step"] == 20
+  if newest == "truncated":
+    assert any(step20 in r.getMessage() for r in caplog.records), caplog.text
   resumed = jax.tree.map(np.asarray, out["state"]["params"])
   uninterrupted = _params_of(full, config, 20)
   jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)

@@ -2,12 +2,16 @@
 
 Both models take the same config knobs for compute dtype and classifier head
 and must reject bad images the same way, so those checks live here once
-instead of drifting apart in each model file.
+instead of drifting apart in each model file. The logical axis names that
+drive sharding (`LOGICAL_AXES`, `logical`, `constrain`) live here too, so
+every model names its dimensions from one vocabulary.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -65,8 +69,8 @@ def classifier_head(num_classes: int, zeroinit: bool, dtype: Any) -> nn.Dense:
   """
   kernel_init = (nn.initializers.zeros if zeroinit
                  else nn.initializers.lecun_normal())
-  return nn.Dense(num_classes, dtype=dtype, kernel_init=kernel_init,
-                  name="head")
+  return dense(num_classes, ("embed", "classes"), dtype=dtype,
+               kernel_init=kernel_init, name="head")
 
 
 def head_output(pre_logits: jax.Array, aux: dict[str, jax.Array],
@@ -84,3 +88,108 @@ def head_output(pre_logits: jax.Array, aux: dict[str, jax.Array],
   logits = classifier_head(num_classes, zeroinit, dtype)(pre_logits)
   aux["logits"] = logits
   return logits, aux
+
+
+# ---------------------------------------------------------------------------
+# Logical axis names (MaxText-style sharding).
+#
+# Every parameter dimension and the main activation dimensions carry a
+# logical name; `config.sharding_rules` maps names to mesh axes (see
+# big_vision_like/sharding.py). Activations reuse the parameter names
+# ("embed", "mlp", "heads", "kv"), plus "batch" and "length".
+LOGICAL_AXES: dict[str, str] = {
+    "batch": "examples of an activation (never a parameter)",
+    "length": "tokens of an activation (never a parameter)",
+    "embed": "model width: residual stream, attention and MLP in/out",
+    "mlp": "MLP hidden units",
+    "heads": "attention heads",
+    "kv": "channels per attention head",
+    "vocab": "token vocabulary of an embedding table",
+    "classes": "classifier (or two-tower projection) outputs",
+    "rep": "pre-logits layer outputs",
+    "pos": "positions of a learned position embedding",
+    "norm": "LayerNorm / GroupNorm scale and bias",
+    "conv_h": "conv kernel height",
+    "conv_w": "conv kernel width",
+    "conv_in": "conv input channels",
+    "conv_out": "conv output channels",
+    "layers": "the nn.scan axis of stacked transformer blocks",
+}
+
+# Boxing is switched on only while the sharding code asks for the names, so
+# `model.init` everywhere else (tests, tools, checkpoint loading) keeps
+# returning plain arrays with unchanged paths.
+_COLLECT_AXES = contextvars.ContextVar("bvl_collect_logical_axes", default=False)
+# (mesh, rules) while a jitted step/predict fn is traced; None = no constraints.
+_ACTIVATION_RULES = contextvars.ContextVar("bvl_activation_rules", default=None)
+
+
+def logical(init: Callable[..., Any], names: tuple[str | None, ...]
+            ) -> Callable[..., Any]:
+  """`init` annotated with one logical axis name per dimension.
+
+  Inside `collect_logical_axes()` the initializer returns flax's
+  `nn.LogicallyPartitioned` box (as `nn.with_logical_partitioning` does);
+  otherwise the plain array, so parameter trees stay plain everywhere.
+  """
+  unknown = [n for n in names if n is not None and n not in LOGICAL_AXES]
+  if unknown:  # a typo in model code
+    raise ValueError(f"logical axis names {unknown} are not in LOGICAL_AXES")
+  boxed = nn.with_logical_partitioning(init, names)
+
+  # (No shape check here: DenseGeneral calls its init with a flattened shape
+  # and reshapes the box; the sharding code checks names against shapes.)
+  def wrapped(key, shape, dtype=jnp.float32):
+    if not _COLLECT_AXES.get():
+      return init(key, shape, dtype)
+    return boxed(key, shape, dtype)
+  return wrapped
+
+
+@contextlib.contextmanager
+def collect_logical_axes() -> Iterator[None]:
+  """While active, `model.init` returns params boxed with logical names."""
+  token = _COLLECT_AXES.set(True)
+  try:
+    yield
+  finally:
+    _COLLECT_AXES.reset(token)
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: Any, rules: Sequence[tuple[str, Any]] | None
+                     ) -> Iterator[None]:
+  """Makes `constrain` apply `rules` on `mesh` (active while tracing)."""
+  token = _ACTIVATION_RULES.set((mesh, tuple(rules)) if rules else None)
+  try:
+    yield
+  finally:
+    _ACTIVATION_RULES.reset(token)
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+  """`nn.with_logical_constraint` under the active rules; a no-op without."""
+  active = _ACTIVATION_RULES.get()
+  if active is None:
+    return x
+  mesh, rules = active
+  return nn.with_logical_constraint(x, names, rules=rules, mesh=mesh)
+
+
+def dense(features: int, names: tuple[str | None, str | None], *,
+          dtype: Any, kernel_init: Callable[..., Any] | None = None,
+          bias_init: Callable[..., Any] | None = None,
+          name: str | None = None) -> nn.Dense:
+  """nn.Dense whose kernel is [names[0], names[1]] and bias [names[1]]."""
+  kernel_init = kernel_init or nn.initializers.lecun_normal()
+  bias_init = bias_init or nn.initializers.zeros
+  return nn.Dense(features, dtype=dtype, name=name,
+                  kernel_init=logical(kernel_init, names),
+                  bias_init=logical(bias_init, names[1:]))
+
+
+def layer_norm(name: str | None = None) -> nn.LayerNorm:
+  """LayerNorm with logically named ("norm") scale and bias."""
+  return nn.LayerNorm(name=name,
+                      scale_init=logical(nn.initializers.ones, ("norm",)),
+                      bias_init=logical(nn.initializers.zeros, ("norm",)))

@@ -14,6 +14,10 @@ Parameter names:
   norm_pre_head/{scale,bias}            final GroupNorm before pooling
   head/{kernel,bias}                    classifier
 (stages and blocks are numbered from 1).
+
+Logical axis names: conv kernels [conv_h, conv_w, conv_in, conv_out],
+GroupNorm scale/bias [norm], head [embed, classes]; activations are
+constrained on their batch dimension only.
 """
 
 from __future__ import annotations
@@ -55,8 +59,9 @@ class StdConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     shape = (*self.kernel_size, x.shape[-1], self.features)
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), shape,
-                        jnp.float32)
+    kernel = self.param("kernel", common.logical(
+        nn.initializers.lecun_normal(), ("conv_h", "conv_w", "conv_in", "conv_out")),
+                        shape, jnp.float32)
     mean = jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
     var = jnp.var(kernel, axis=(0, 1, 2), keepdims=True)
     kernel = (kernel - mean) * jax.lax.rsqrt(var + 1e-10)
@@ -64,6 +69,16 @@ class StdConv(nn.Module):
         x.astype(self.dtype), kernel.astype(self.dtype),
         window_strides=self.strides, padding="SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def group_norm(num_groups: int, name: str) -> nn.GroupNorm:
+  """GroupNorm with logically named ("norm") scale and bias."""
+  return nn.GroupNorm(num_groups=num_groups, name=name,
+                      scale_init=common.logical(nn.initializers.ones, ("norm",)),
+                      bias_init=common.logical(nn.initializers.zeros, ("norm",)))
+
+
+_ACT_NAMES = ("batch", None, None, None)
 
 
 class BottleneckBlock(nn.Module):
@@ -80,19 +95,19 @@ class BottleneckBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     out_channels = 4 * self.mid_channels
-    pre = nn.relu(nn.GroupNorm(num_groups=self.num_groups, name="gn1")(x))
+    pre = nn.relu(group_norm(self.num_groups, "gn1")(x))
     if x.shape[-1] != out_channels or self.strides != (1, 1):
       shortcut = StdConv(out_channels, (1, 1), self.strides, self.dtype,
                          name="conv_proj")(pre)
     else:
       shortcut = x
     y = StdConv(self.mid_channels, (1, 1), dtype=self.dtype, name="conv1")(pre)
-    y = nn.relu(nn.GroupNorm(num_groups=self.num_groups, name="gn2")(y))
+    y = nn.relu(group_norm(self.num_groups, "gn2")(y))
     y = StdConv(self.mid_channels, (3, 3), self.strides, self.dtype,
                 name="conv2")(y)
-    y = nn.relu(nn.GroupNorm(num_groups=self.num_groups, name="gn3")(y))
+    y = nn.relu(group_norm(self.num_groups, "gn3")(y))
     y = StdConv(out_channels, (1, 1), dtype=self.dtype, name="conv3")(y)
-    return y + shortcut
+    return common.constrain(y + shortcut, _ACT_NAMES)
 
 
 class ResNetStage(nn.Module):
@@ -180,6 +195,7 @@ class ResNet(nn.Module):
     else:
       strides = (2, 2) if self.stem == "small_s2" else (1, 1)
       x = StdConv(channels, (3, 3), strides, dtype, name="stem_conv")(images)
+    x = common.constrain(x, _ACT_NAMES)
     out["stem"] = x
 
     for s, num_blocks in enumerate(BLOCKS_PER_STAGE[self.depth], start=1):
@@ -192,6 +208,6 @@ class ResNet(nn.Module):
 
     # Pre-activation design: the residual stream is normalised once more
     # before pooling.
-    x = nn.relu(nn.GroupNorm(num_groups=self.gn_groups, name="norm_pre_head")(x))
+    x = nn.relu(group_norm(self.gn_groups, "norm_pre_head")(x))
     x = jnp.mean(x, axis=(1, 2))
     return common.head_output(x, out, self.num_classes, self.head_zeroinit, dtype)

@@ -13,6 +13,9 @@ by `pool_type`:
 
 Padding (token id `pad_id`) is excluded from "gap"/"max"; attention itself is
 unmasked (every position is seen at the same fixed length, as in big_vision).
+
+Logical axis names: embedding [vocab, embed], pos_embedding [None, pos,
+embed]; the blocks are the ViT's (models/vit.py).
 """
 
 from __future__ import annotations
@@ -82,9 +85,14 @@ class TextTransformer(nn.Module):
     dtype = common.resolve_dtype(self.dtype_mm)
     out = {}
     x = nn.Embed(self.vocab_size, width, name="embedding",
-                 embedding_init=nn.initializers.normal(stddev=1.0 / width ** 0.5))(tokens)
-    x = x + self.param("pos_embedding", nn.initializers.normal(stddev=width ** -0.5),
+                 embedding_init=common.logical(
+                     nn.initializers.normal(stddev=1.0 / width ** 0.5),
+                     ("vocab", "embed")))(tokens)
+    x = x + self.param("pos_embedding",
+                       common.logical(nn.initializers.normal(stddev=width ** -0.5),
+                                      (None, "pos", "embed")),
                        (1, tokens.shape[1], width), jnp.float32)
+    x = common.constrain(x, ("batch", "length", "embed"))
     x = nn.Dropout(rate=self.dropout)(x, not train)
     x = vit.Encoder(depth=dims["depth"], mlp_dim=dims["mlp_dim"],
                     num_heads=dims["num_heads"], dropout=self.dropout, dtype_mm=dtype,

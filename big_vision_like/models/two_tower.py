@@ -14,6 +14,9 @@ can freeze or initialise one tower: LiT is `frozen=["img/.*"]` with
 `__call__(image, text)` returns `(zimg, ztxt, aux)`; either input may be None
 (the zero-shot and retrieval evaluators embed images and texts separately).
 aux holds "t" (= exp(log t)), "b" (0 without a bias) and each tower's aux.
+
+Each tower names its own parameters' logical axes (the projection "head" is
+[embed, classes]); t and b are one-element vectors named [None].
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from big_vision_like import registry
+from big_vision_like.models import common
 from big_vision_like.registry import MODELS
 
 EPS = 1e-8
@@ -93,12 +97,13 @@ class TwoTower(nn.Module):
       feats, aux["txt"] = self._tower(self.text_model, self.text, "text")(
           text, train=train)
       ztxt = _normalize(feats)
-    log_t = self.param("t", nn.initializers.constant(math.log(self.temperature_init)),
+    log_t = self.param("t", common.logical(
+        nn.initializers.constant(math.log(self.temperature_init)), (None,)),
                        (1,), jnp.float32)
     aux["t"] = jnp.exp(log_t[0])
     if self.bias_init is not None:
-      aux["b"] = self.param("b", nn.initializers.constant(self.bias_init),
-                            (1,), jnp.float32)[0]
+      aux["b"] = self.param("b", common.logical(
+          nn.initializers.constant(self.bias_init), (None,)), (1,), jnp.float32)[0]
     else:
       aux["b"] = jnp.zeros((), jnp.float32)
     return zimg, ztxt, aux

@@ -18,6 +18,12 @@ Parameter names (with pool_type="tok", posemb="learn", scan=False):
   head                                classifier
 With scan=True the blocks are one "Transformer/encoderblock" whose params have
 a leading depth axis.
+
+Every parameter carries logical axis names (models/common.py LOGICAL_AXES:
+e.g. MlpBlock_0/Dense_0/kernel is [embed, mlp], attention query kernels are
+[embed, heads, kv], the scan axis is "layers") and the residual stream, MLP
+hidden and per-head activations are constrained by name, so that
+`config.sharding_rules` alone gives data, FSDP or tensor parallelism.
 """
 
 from __future__ import annotations
@@ -109,6 +115,40 @@ def posemb_sincos_2d(h: int, w: int, width: int,
   return emb[None].astype(np.float32)
 
 
+_ATTN_NAMES = ("batch", "length", "heads", "kv")
+
+
+def _attention(query, key, value, mask=None, dropout_rng=None,
+               dropout_rate=0.0, broadcast_dropout=True, deterministic=False,
+               dtype=None, precision=None, force_fp32_for_softmax=False):
+  """nn.dot_product_attention with per-head activations named by axis.
+
+  (Explicit keywords: flax passes an attention_fn only those it declares.)
+  """
+  query, key, value = (common.constrain(t, _ATTN_NAMES)
+                       for t in (query, key, value))
+  out = nn.dot_product_attention(
+      query, key, value, mask=mask, dropout_rng=dropout_rng,
+      dropout_rate=dropout_rate, broadcast_dropout=broadcast_dropout,
+      deterministic=deterministic, dtype=dtype, precision=precision,
+      force_fp32_for_softmax=force_fp32_for_softmax)
+  return common.constrain(out, _ATTN_NAMES)
+
+
+def attention(num_heads: int, dtype: Any, name: str | None = None
+              ) -> nn.MultiHeadDotProductAttention:
+  """Multi-head attention with logically named params (no prob. dropout)."""
+  xavier = nn.initializers.xavier_uniform()
+  zeros = nn.initializers.zeros
+  return nn.MultiHeadDotProductAttention(
+      num_heads=num_heads, dtype=dtype, name=name,
+      kernel_init=common.logical(xavier, ("embed", "heads", "kv")),
+      bias_init=common.logical(zeros, ("heads", "kv")),
+      out_kernel_init=common.logical(xavier, ("heads", "kv", "embed")),
+      out_bias_init=common.logical(zeros, ("embed",)),
+      attention_fn=_attention, deterministic=True)
+
+
 def _drop_path(x: jax.Array, rate: Any, rng: jax.Array) -> jax.Array:
   """Stochastic depth: zero a residual branch for whole examples.
 
@@ -129,13 +169,18 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
     width = x.shape[-1]
-    dense = lambda n: nn.Dense(n, dtype=self.dtype_mm,
-                               kernel_init=nn.initializers.xavier_uniform(),
-                               bias_init=nn.initializers.normal(stddev=1e-6))
-    x = dense(self.mlp_dim)(x)
+    dense = lambda n, names: common.dense(
+        n, names, dtype=self.dtype_mm,
+        kernel_init=nn.initializers.xavier_uniform(),
+        bias_init=nn.initializers.normal(stddev=1e-6))
+    x = dense(self.mlp_dim, ("embed", "mlp"))(x)
+    x = common.constrain(x, ("batch", "length", "mlp"))
     x = nn.gelu(x)
     x = nn.Dropout(rate=self.dropout)(x, deterministic)
-    return dense(width)(x)
+    return dense(width, ("mlp", "embed"))(x)
+
+
+_RESIDUAL_NAMES = ("batch", "length", "embed")
 
 
 class Encoder1DBlock(nn.Module):
@@ -160,16 +205,14 @@ class Encoder1DBlock(nn.Module):
         y = _drop_path(y, drop_path_rate, self.make_rng("dropout"))
       return x + y
 
-    y = nn.LayerNorm()(x)
-    y = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype_mm,
-        kernel_init=nn.initializers.xavier_uniform(),
-        deterministic=True)(y)  # no attention-probability dropout
+    x = common.constrain(x, _RESIDUAL_NAMES)
+    y = common.layer_norm()(x)
+    y = attention(self.num_heads, self.dtype_mm)(y)
     x = residual(x, y)
-    y = nn.LayerNorm()(x)
+    y = common.layer_norm()(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
                  dtype_mm=self.dtype_mm)(y, deterministic)
-    return residual(x, y), None
+    return common.constrain(residual(x, y), _RESIDUAL_NAMES), None
 
 
 class Encoder(nn.Module):
@@ -202,14 +245,16 @@ class Encoder(nn.Module):
                       variable_axes={"params": 0},
                       split_rngs={"params": True, "dropout": True},
                       in_axes=(0, nn.broadcast),
-                      length=self.depth)
+                      length=self.depth,
+                      # The stacked depth axis is named "layers".
+                      metadata_params={nn.PARTITION_NAME: "layers"})
       x, _ = stack(name="encoderblock", **block_kw)(
           x, jnp.asarray(rates), deterministic)
     else:
       for i in range(self.depth):
         x, _ = block_cls(name=f"encoderblock_{i}", **block_kw)(
             x, float(rates[i]), deterministic)
-    return nn.LayerNorm(name="encoder_norm")(x)
+    return common.layer_norm(name="encoder_norm")(x)
 
 
 class MAPHead(nn.Module):
@@ -221,14 +266,12 @@ class MAPHead(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     batch, _, width = x.shape
-    probe = self.param("probe", nn.initializers.xavier_uniform(),
+    probe = self.param("probe", common.logical(nn.initializers.xavier_uniform(),
+                                               (None, None, "embed")),
                        (1, 1, width), jnp.float32)
     probe = jnp.broadcast_to(probe, (batch, 1, width))
-    x = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype_mm,
-        kernel_init=nn.initializers.xavier_uniform(),
-        deterministic=True)(probe, x)
-    y = nn.LayerNorm()(x)
+    x = attention(self.num_heads, self.dtype_mm)(probe, x)
+    y = common.layer_norm()(x)
     x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype_mm=self.dtype_mm)(y)
     return x[:, 0]
 
@@ -329,8 +372,11 @@ class ViT(nn.Module):
     # before the patch embedding. Much faster convergence on small data.
     for i, channels in enumerate(self.conv_stem):
       images = nn.Conv(int(channels), (3, 3), strides=(2, 2), padding="SAME",
-                       use_bias=False, dtype=dtype, name=f"conv_stem_{i}")(images)
-      images = nn.gelu(nn.LayerNorm(name=f"conv_stem_norm_{i}")(images))
+                       use_bias=False, dtype=dtype, name=f"conv_stem_{i}",
+                       kernel_init=common.logical(
+                           nn.initializers.lecun_normal(),
+                           ("conv_h", "conv_w", "conv_in", "conv_out")))(images)
+      images = nn.gelu(common.layer_norm(name=f"conv_stem_norm_{i}")(images))
     _, h, w, _ = images.shape
     if h % patch or w % patch:
       what = "the conv stem's output" if self.conv_stem else "image"
@@ -339,7 +385,11 @@ class ViT(nn.Module):
 
     # Patch embedding: a non-overlapping strided conv, then flatten the grid.
     x = nn.Conv(width, (patch, patch), strides=(patch, patch),
-                padding="VALID", dtype=dtype, name="embedding")(images)
+                padding="VALID", dtype=dtype, name="embedding",
+                kernel_init=common.logical(
+                    nn.initializers.lecun_normal(),
+                    ("conv_h", "conv_w", "conv_in", "embed")),
+                bias_init=common.logical(nn.initializers.zeros, ("embed",)))(images)
     out["stem"] = x
     batch, gh, gw, _ = x.shape
     x = x.reshape(batch, gh * gw, width)
@@ -349,8 +399,9 @@ class ViT(nn.Module):
       x = x + jnp.asarray(posemb_sincos_2d(gh, gw, width))
 
     if self.pool_type == "tok":
-      cls = self.param("cls", nn.initializers.zeros, (1, 1, width),
-                       jnp.float32)
+      cls = self.param("cls", common.logical(nn.initializers.zeros,
+                                             (None, None, "embed")),
+                       (1, 1, width), jnp.float32)
       x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, width))
                            .astype(x.dtype), x], axis=1)
 
@@ -364,9 +415,11 @@ class ViT(nn.Module):
                            f"{x.shape[1]} tokens but pos_embedding was built "
                            f"for {built}; use the training image size.")
       x = x + self.param("pos_embedding",
-                         nn.initializers.normal(stddev=width ** -0.5),
+                         common.logical(nn.initializers.normal(stddev=width ** -0.5),
+                                        (None, "pos", "embed")),
                          (1, x.shape[1], width), jnp.float32)
 
+    x = common.constrain(x, _RESIDUAL_NAMES)
     x = nn.Dropout(rate=self.dropout)(x, not train)
     x = Encoder(depth=dims["depth"], mlp_dim=dims["mlp_dim"],
                 num_heads=dims["num_heads"], dropout=self.dropout,
@@ -385,5 +438,6 @@ class ViT(nn.Module):
 
     if self.rep_size:
       rep = width if self.rep_size is True else int(self.rep_size)
-      x = nn.tanh(nn.Dense(rep, dtype=dtype, name="pre_logits")(x))
+      x = nn.tanh(common.dense(rep, ("embed", "rep"), dtype=dtype,
+                               name="pre_logits")(x))
     return common.head_output(x, out, self.num_classes, self.head_zeroinit, dtype)

@@ -28,20 +28,22 @@ from big_vision_like import train as train_lib
 
 def benchmark(config, *, batch: int, image_size: int, channels: int, steps: int,
               warmup: int = 2) -> dict[str, float]:
-  mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]))
+  mesh = sharding_lib.make_mesh(config.get("mesh", [("data", -1)]), dcn=config.get("mesh_dcn"))
   axes = sharding_lib.data_axes(mesh, config.get("data_axes"))
   bsharding = sharding_lib.batch_sharding(mesh, axes)
   model = train_lib.build_model(config)
   image_shape = (image_size, image_size, channels)
-  strategy = config.get("sharding_strategy", [(".*", "replicate")])
-  params, _ = train_lib.init_params(model, image_shape, jax.random.key(0), mesh, strategy)
+  strategy = sharding_lib.strategy_from_config(config)
+  rules = config.get("sharding_rules")
+  params, _ = train_lib.init_params(model, image_shape, jax.random.key(0), mesh, strategy,
+                                    rules=rules)
   total = warmup + steps
   # Only the step's cost matters here: a schedule needing no dataset size.
   config = config.copy_and_resolve_references()
   config.schedule = dict(warmup_steps=1, decay_type="cosine")
   tx, schedule = optim.make_optimizer(config, params, total_steps=max(total, 10),
                                       batch_size=batch, num_examples=None)
-  state, _, shardings = train_lib.init_state(params, tx, mesh, strategy)
+  state, _, shardings = train_lib.init_state(params, tx, mesh, strategy, rules=rules)
   num_classes = config.model.get("num_classes") or 1000
   rng = np.random.default_rng(0)
   host_batch = {
