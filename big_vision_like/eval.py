@@ -30,6 +30,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Restores the params of `step` (default latest) and runs all evaluators."""
   config_lib.validate(config)
   ckpt_dir = epath.Path(workdir) / "checkpoints"
+  if not ckpt_dir.exists():
+    raise FileNotFoundError(f"No checkpoint in {ckpt_dir}: train first, or pass the "
+                            "workdir of a finished run")
   # Read-only: an evaluation next to a running training must not clean up the
   # training's in-progress checkpoint writes.
   ckpt = ckpt_lib.Checkpointer(str(ckpt_dir), async_save=False, read_only=True)

@@ -163,6 +163,7 @@ SEEN = []
 
 @registry.PP_OPS.register("test_record_label")
 def _get_record_label():
+  """Test-only op: notes every label it sees in SEEN (counts decoded records)."""
   def record(data):
     def note(label):
       SEEN.append(int(label))
