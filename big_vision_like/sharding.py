@@ -485,6 +485,34 @@ def memory_report(state: Any, shardings: Any = None) -> str:
   return "; ".join(lines)
 
 
+# Named layouts for transformer models (ViT, text towers): the logical rules
+# that give FSDP and FSDP + tensor parallelism over heads and MLP.
+FSDP_RULES = (("embed", "fsdp"),)
+TP_RULES = (("embed", "fsdp"), ("mlp", "model"), ("heads", "model"))
+LAYOUTS = ("dp", "fsdp", "fsdp_tp")
+
+
+def layout(name: str, *, model_parallel: int = 2) -> dict[str, Any]:
+  """`config.mesh` and `config.sharding_rules` of a named layout.
+
+  "dp": replicated params, batch over all devices; "fsdp": params and
+  optimizer state split over all devices; "fsdp_tp": FSDP over
+  devices / `model_parallel`, tensor parallelism (heads, MLP) over
+  `model_parallel` devices. A config does `config.update(layout("fsdp"))`.
+  """
+  if name == "dp":
+    return {"mesh": [("data", -1)], "sharding_rules": None}
+  if name == "fsdp":
+    return {"mesh": [("fsdp", -1)], "sharding_rules": list(FSDP_RULES)}
+  if name == "fsdp_tp":
+    if not isinstance(model_parallel, int) or model_parallel < 1:
+      raise ValueError(f"layout('fsdp_tp', model_parallel={model_parallel!r}): needs a "
+                       "positive int")
+    return {"mesh": [("fsdp", -1), ("model", model_parallel)],
+            "sharding_rules": list(TP_RULES)}
+  raise ValueError(f"unknown sharding layout {name!r}; known layouts: {', '.join(LAYOUTS)}")
+
+
 def put_process_local_batch(batch: dict[str, np.ndarray],
                             sharding: NamedSharding) -> dict[str, jax.Array]:
   """Assembles the global batch from each process's local share."""

@@ -13,11 +13,15 @@ batch 4096 with stochastic depth 0.1 and the stronger AugReg-style
 augmentation RandAugment(2, 15) + mixup Beta(0.5, 0.5). `randaug` follows the
 original TF RandAugment magnitude convention (as big_vision does).
 `runlocal` keeps the data and model family but shrinks batch, steps and evals.
+`sharding=dp|fsdp|fsdp_tp` picks the layout (default dp; fsdp splits params
+and optimizer state over all devices, fsdp_tp adds 2-way tensor parallelism
+over heads and MLP; see README "Scale-out").
 """
 
 import ml_collections
 
 from big_vision_like import scorecard
+from big_vision_like import sharding
 from big_vision_like.config import parse_arg
 
 RECIPES = {
@@ -29,7 +33,7 @@ RECIPES = {
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, variant="S/16", runlocal=False, data_dir="")
+  arg = parse_arg(arg, variant="S/16", runlocal=False, data_dir="", sharding="dp")
   if arg.variant not in RECIPES:
     raise ValueError(f"configs/vit_i1k.py: variant must be one of {sorted(RECIPES)}, "
                      f"got {arg.variant!r}")
@@ -66,7 +70,7 @@ def get_config(arg=None):
   config.schedule = dict(warmup_steps=10_000, decay_type="cosine")
   config.grad_clip_norm = 1.0
 
-  config.mesh = [("data", -1)]
+  config.update(sharding.layout(arg.sharding))
   config.log_training_steps = 50
   config.ckpt_steps = 1000
   config.keep_ckpt_steps = 10_000

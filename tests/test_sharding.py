@@ -320,3 +320,31 @@ def test_logical_rules_and_hybrid_mesh_on_eight_devices():
   assert ("'Transformer/encoderblock_0/MultiHeadDotProductAttention_0/key/bias' of "
           "shape (2, 16) has logical axis 'heads' (dim 0, size 2) mapped to mesh axes "
           "'model' of size 8") in lines["divide_error"][0]
+
+
+def test_named_layouts_shard_a_vit_as_documented():
+  # The presets the configs use (configs/vit_i1k.py:sharding=...), on 8 devices.
+  assert sharding_lib.layout("dp") == {"mesh": [("data", -1)], "sharding_rules": None}
+  assert sharding_lib.layout("fsdp_tp", model_parallel=4)["mesh"] == [("fsdp", -1),
+                                                                     ("model", 4)]
+  with pytest.raises(ValueError, match="unknown sharding layout 'tp'.*dp, fsdp, fsdp_tp"):
+    sharding_lib.layout("tp")
+  out = run_with_devices(8, """
+      import jax, ml_collections
+      from big_vision_like import sharding, train
+      from big_vision_like.models import vit
+      for name in sharding.LAYOUTS:
+        cfg = sharding.layout(name)
+        mesh = sharding.make_mesh(cfg["mesh"])
+        strategy = sharding.strategy_from_config(ml_collections.ConfigDict(cfg))
+        model = vit.ViT(variant="mu/4", width=64, mlp_dim=128, num_heads=2, num_classes=10)
+        _, sh = train.init_params(model, (8, 8, 3), jax.random.key(0), mesh, strategy,
+                                  rules=cfg["sharding_rules"])
+        block = sh["Transformer"]["encoderblock_0"]
+        print(name, dict(mesh.shape), block["MlpBlock_0"]["Dense_0"]["kernel"].spec,
+              block["MultiHeadDotProductAttention_0"]["query"]["kernel"].spec)
+  """)
+  assert out.splitlines() == [
+      "dp {'data': 8} P() P()",
+      "fsdp {'fsdp': 8} P('fsdp', None) P('fsdp', None, None)",
+      "fsdp_tp {'fsdp': 4, 'model': 2} P('fsdp', 'model') P('fsdp', 'model', None)"]

@@ -36,8 +36,8 @@ from big_vision_like import sharding as sharding_lib
 from big_vision_like import train as train_lib
 
 # name -> (mesh, sharding_rules, sharding_strategy)
-FSDP_RULES = [("embed", "fsdp")]
-TP_RULES = [("embed", "fsdp"), ("mlp", "model"), ("heads", "model")]
+FSDP_RULES = list(sharding_lib.FSDP_RULES)
+TP_RULES = list(sharding_lib.TP_RULES)
 SETUPS: dict[str, tuple[list, list | None, list]] = {
     "replicated (DP)": ([("data", 8)], None, [(".*", "replicate")]),
     "fsdp regex rule": ([("fsdp", 8)], None, [(".*", "fsdp(min_size_mb=1)")]),
