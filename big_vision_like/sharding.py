@@ -92,8 +92,14 @@ def _fill_sizes(sizes: list[int], n: int, mesh_config: Any, key: str,
 
 
 def _granule_attr(devices: Sequence[Any]) -> str:
-  """Slices are the DCN granules where devices know them (TPU), else processes."""
-  if all(getattr(d, "slice_index", None) is not None for d in devices):
+  """Slices are the DCN granules where devices know them (TPU), else processes.
+
+  Multi-process CPU (and GPU) devices also carry a `slice_index`, but all 0:
+  there the processes (hosts) are what the slow network connects.
+  """
+  indices = [getattr(d, "slice_index", None) for d in devices]
+  if None not in indices and (len(set(indices)) > 1 or all(
+      getattr(d, "platform", None) == "tpu" for d in devices)):
     return "slice_index"
   return "process_index"
 

@@ -23,11 +23,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
 
 
-def _train_cmd(workdir, data_dir):
+def _train_cmd(workdir, data_dir, **extra):
   return [sys.executable, "-m", "big_vision_like.train",
           "--config", "configs/fashion_vit.py:runlocal", "--workdir", workdir] + [
               f"--config.{o}" for o in tiny_overrides(
-                  data_dir, total_steps=STEPS, log_training_steps=1, ckpt_steps=STEPS)]
+                  data_dir, total_steps=STEPS, log_training_steps=1, ckpt_steps=STEPS,
+                  **extra)]
+
+
+def _launch_two(cmd, env):
+  return subprocess.run([sys.executable, "-m", "big_vision_like.tools.launch_local",
+                         "--num_processes", "2", "--devices_per_process", "4",
+                         "--grace_s", "30", "--", *cmd],
+                        cwd=REPO, text=True, capture_output=True, timeout=600, env=env)
 
 
 def _losses(workdir):
@@ -54,10 +62,7 @@ def test_two_processes_match_one_process(fashion_mnist_data_dir, tmp_path):
                       capture_output=True, timeout=600,
                       env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
   assert r1.returncode == 0, r1.stderr[-4000:]
-  r2 = subprocess.run([sys.executable, "-m", "big_vision_like.tools.launch_local",
-                       "--num_processes", "2", "--devices_per_process", "4", "--grace_s", "30",
-                       "--", *_train_cmd(two, fashion_mnist_data_dir)],
-                      cwd=REPO, text=True, capture_output=True, timeout=600, env=env)
+  r2 = _launch_two(_train_cmd(two, fashion_mnist_data_dir), env)
   assert r2.returncode == 0, r2.stdout[-4000:]
   assert "Devices: 8 (cpu), mesh {'data': 8}, 2 processes" in r2.stdout
   assert "Devices: 8 (cpu), mesh {'data': 8}, 1 processes" in r1.stderr + r1.stdout
@@ -69,3 +74,24 @@ def test_two_processes_match_one_process(fashion_mnist_data_dir, tmp_path):
   np.testing.assert_allclose(l2, l1, rtol=2e-5, atol=1e-6)
   p1, p2 = _params(one), _params(two)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), p1, p2)
+
+
+def test_two_processes_as_slices_of_a_hybrid_mesh(fashion_mnist_data_dir, tmp_path):
+  # Multi-slice layout: each process is one "slice" (the DCN axis "data"),
+  # FSDP over its 4 devices (the ICI axis "fsdp"), logical sharding rules.
+  # Same global batches as data parallelism, so the same losses as 1 x 8.
+  one, hybrid = str(tmp_path / "one"), str(tmp_path / "hybrid")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  r1 = subprocess.run(_train_cmd(one, fashion_mnist_data_dir), cwd=REPO, text=True,
+                      capture_output=True, timeout=600,
+                      env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+  assert r1.returncode == 0, r1.stderr[-4000:]
+  r2 = _launch_two(_train_cmd(
+      hybrid, fashion_mnist_data_dir, mesh="[('data',1),('fsdp',-1)]", mesh_dcn="[('data',2)]",
+      sharding_rules="[('embed','fsdp')]"), env)
+  assert r2.returncode == 0, r2.stdout[-4000:]
+  assert "Devices: 8 (cpu), mesh {'data': 2, 'fsdp': 4}, 2 processes" in r2.stdout
+  # FSDP really splits the params: 1/4 of the largest ones per device.
+  memory = next(line for line in r2.stdout.splitlines() if "Memory: params:" in line)
+  assert "per device (max over 4)" in memory  # each process measures its 4 devices
+  np.testing.assert_allclose(_losses(hybrid), _losses(one), rtol=2e-5, atol=1e-6)
