@@ -15,6 +15,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from big_vision_like import checkpoint as ckpt_lib
 from tests.test_train import tiny_overrides
@@ -55,17 +56,25 @@ def _params(workdir):
   return tree["params"]
 
 
-def test_two_processes_match_one_process(fashion_mnist_data_dir, tmp_path):
-  one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+@pytest.fixture(scope="module")
+def one_process_run(fashion_mnist_data_dir, tmp_path_factory):
+  """The reference: 1 process x 8 devices, data parallel. Returns (workdir, log)."""
+  one = str(tmp_path_factory.mktemp("scale_out") / "one")
   r1 = subprocess.run(_train_cmd(one, fashion_mnist_data_dir), cwd=REPO, text=True,
                       capture_output=True, timeout=600,
-                      env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+                      env=dict(os.environ, JAX_PLATFORMS="cpu",
+                               XLA_FLAGS="--xla_force_host_platform_device_count=8"))
   assert r1.returncode == 0, r1.stderr[-4000:]
+  return one, r1.stderr + r1.stdout
+
+
+def test_two_processes_match_one_process(fashion_mnist_data_dir, tmp_path, one_process_run):
+  (one, log1), two = one_process_run, str(tmp_path / "two")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
   r2 = _launch_two(_train_cmd(two, fashion_mnist_data_dir), env)
   assert r2.returncode == 0, r2.stdout[-4000:]
   assert "Devices: 8 (cpu), mesh {'data': 8}, 2 processes" in r2.stdout
-  assert "Devices: 8 (cpu), mesh {'data': 8}, 1 processes" in r1.stderr + r1.stdout
+  assert "Devices: 8 (cpu), mesh {'data': 8}, 1 processes" in log1
 
   l1, l2 = _losses(one), _losses(two)
   assert len(l1) == len(l2) == STEPS
@@ -76,16 +85,13 @@ def test_two_processes_match_one_process(fashion_mnist_data_dir, tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), p1, p2)
 
 
-def test_two_processes_as_slices_of_a_hybrid_mesh(fashion_mnist_data_dir, tmp_path):
+def test_two_processes_as_slices_of_a_hybrid_mesh(fashion_mnist_data_dir, tmp_path,
+                                                  one_process_run):
   # Multi-slice layout: each process is one "slice" (the DCN axis "data"),
   # FSDP over its 4 devices (the ICI axis "fsdp"), logical sharding rules.
   # Same global batches as data parallelism, so the same losses as 1 x 8.
-  one, hybrid = str(tmp_path / "one"), str(tmp_path / "hybrid")
+  (one, _), hybrid = one_process_run, str(tmp_path / "hybrid")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  r1 = subprocess.run(_train_cmd(one, fashion_mnist_data_dir), cwd=REPO, text=True,
-                      capture_output=True, timeout=600,
-                      env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
-  assert r1.returncode == 0, r1.stderr[-4000:]
   r2 = _launch_two(_train_cmd(
       hybrid, fashion_mnist_data_dir, mesh="[('data',1),('fsdp',-1)]", mesh_dcn="[('data',2)]",
       sharding_rules="[('embed','fsdp')]"), env)
