@@ -6,7 +6,8 @@ class-folder and TFDS order), so predictions and labels are always matched on
 the single label, a label set (ReaL, external multi-label files) and the
 Shankar et al. fields (unclear set, is_problematic). It is loaded from
 
-- the ReaL JSON (a list of 50,000 lists; entry i is ILSVRC2012_val_{i+1:08d}.JPEG),
+- the ReaL JSON (a list of 50,000 lists; entry i is ILSVRC2012_val_{i+1:08d}.JPEG;
+  the package ships it: `data.bundled.real_json_path()`),
 - a JSON object {file_name: id or [ids]} or a CSV with a `file_name` column
   and a `labels` (space/semicolon separated ids) or `label` column,
 - a prepared TFDS dataset (`tfds:name[/config]:split`),

@@ -20,11 +20,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from big_vision_like.data import (imagenet_variants, input_pipeline,
+from big_vision_like.data import (bundled, imagenet_variants, input_pipeline,
                                   prepare_imagenet, tfds_source)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REAL_JSON = os.path.join(REPO, "..", "shared", "data", "imagenet", "real.json")
+REAL_JSON = bundled.real_json_path()  # What the tool uses when given none.
 # Synsets with known TFDS label ids (lines 1, 231 and 1000 of labels.txt).
 SYNSETS = {"n01440764": 0, "n02105855": 230, "n15075141": 999}
 PER_CLASS = 20
@@ -81,11 +81,11 @@ def prepared(tmp_path_factory):
   manual = str(tmp_path_factory.mktemp("manual"))
   write_tarballs(manual)
   data_dir = str(tmp_path_factory.mktemp("tfds"))
+  # No --real_json and none in the manual dir: the packaged copy is used.
   proc = subprocess.run(
       [sys.executable, "-m", "big_vision_like.data.prepare_imagenet",
        "--manual_dir", manual, "--data_dir", data_dir,
-       "--datasets", "imagenet2012,imagenet2012_real",
-       "--real_json", REAL_JSON, "--skip_size_check"],
+       "--datasets", "imagenet2012,imagenet2012_real", "--skip_size_check"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return manual, data_dir, proc.stdout
@@ -198,12 +198,12 @@ def test_missing_files_are_all_named_up_front(tmp_path):
   message = str(e.value)
   for name, size in [("ILSVRC2012_img_train.tar", "147,897,477,120"),
                      ("ILSVRC2012_img_val.tar", "6,744,924,160"),
-                     ("real.json", "388,478"),
                      ("human_accuracy_v3.0.0.json", "200,417,830")]:
     assert f"MISSING {name}" in message
     assert f"{size} bytes" in message
     assert f"Put it at {os.path.join(manual, name)}" in message
   assert "ILSVRC2012_img_test.tar" not in message  # Optional.
+  assert "real.json" not in message  # The package ships it.
   assert ("https://storage.googleapis.com/brain-car-datasets/imagenet-mistakes"
           "/human_accuracy_v3.0.0.json") in message
   assert message.count("MISSING ILSVRC2012_img_val.tar") == 1
@@ -235,6 +235,20 @@ def test_wrong_files_are_caught_before_tfds_runs(tmp_path):
   assert ("validation image 3 (in sorted order) is "
           "'ILSVRC2012_val_00000004.JPEG'") in str(e.value)
   assert not os.path.exists(data_dir)
+
+
+def test_real_json_from_flag_or_manual_dir_before_the_packaged_copy(tmp_path):
+  manual = tmp_path / "manual"
+  write_tarballs(str(manual))
+  locate = lambda **kw: prepare_imagenet.locate_files(
+      ["imagenet2012_real"], str(manual), check_sizes=False, **kw)["real.json"]
+  assert locate() == os.path.abspath(REAL_JSON)
+  (manual / "real.json").write_bytes(open(REAL_JSON, "rb").read())
+  assert locate() == str(manual / "real.json")
+  # A wrong explicit path is an error, not silently the packaged copy.
+  with pytest.raises(prepare_imagenet.MissingFilesError,
+                     match="MISSING real.json: --real_json .*nope.json is not"):
+    locate(real_json=str(tmp_path / "nope.json"))
 
 
 def test_shell_wrapper_fails_clearly_without_tarballs(tmp_path):

@@ -3,8 +3,8 @@
 Every metric in DESIGN.md "Metric definitions" is checked on arrays small
 enough that the expected number is derived in the comments; the larger random
 cases compare against a plain numpy reference written here. Two tests use the
-real ImageNet files in ../shared/data/imagenet (ReaL labels and the ImageNetV2
-project's top-5 predictions) and join them on file name.
+real ImageNet files of the repository (the packaged ReaL labels and the
+ImageNetV2 project's top-5 predictions in results/) and join them on file name.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import pytest
 
 from big_vision_like import label_sources
 from big_vision_like import scoring
+from big_vision_like.data import bundled
 from big_vision_like.evaluators import report
 
-_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                     "imagenet")
-_REAL_JSON = os.path.join(_DATA, "real.json")
-_PREDICTIONS = os.path.join(_DATA, "imagenet_val_top5_predictions.npz")
+_REAL_JSON = bundled.real_json_path()
+_PREDICTIONS = os.path.join(os.path.dirname(__file__), "..", "results",
+                            "imagenet_val_top5_predictions.npz")
 
 LN3 = math.log(3.0)
 

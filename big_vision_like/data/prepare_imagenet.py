@@ -8,7 +8,9 @@ front that every file they need is there, the right size, and (for the
 label files) the right checksum. TFDS never gets to try the network: the
 extra label files (`real.json`, `human_accuracy_v3.0.0.json`) are staged as
 "manually downloaded" files, which TFDS looks up by the file name in the
-fourth column of the builder's checksums.tsv.
+fourth column of the builder's checksums.tsv. `real.json` need not be
+given: the package ships the official file (`data/bundled.py`), used when
+neither --real_json nor --manual_dir has one.
 
   python -m big_vision_like.data.prepare_imagenet --manual_dir DIR \\
       --data_dir DIR [--datasets imagenet2012,imagenet2012_real] \\
@@ -34,6 +36,7 @@ from typing import Sequence
 from etils import epath
 import tensorflow_datasets as tfds
 
+from big_vision_like.data import bundled
 from big_vision_like.data import fashion_mnist
 from big_vision_like.data import imagenet_variants
 
@@ -43,12 +46,6 @@ VAL_TAR = "ILSVRC2012_img_val.tar"
 TEST_TAR = "ILSVRC2012_img_test.tar"
 REAL_JSON = "real.json"
 MULTILABEL_JSON = "human_accuracy_v3.0.0.json"
-# Where this project's shared data keeps a copy of real.json (next to the
-# checkout); only suggested in error messages, never used implicitly.
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-KNOWN_REAL_JSON = os.path.normpath(
-    os.path.join(_REPO, "..", "shared", "data", "imagenet", REAL_JSON))
 _VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG")
 _SYNSET_TAR = re.compile(r"(n\d{8})\.tar")
 
@@ -216,6 +213,8 @@ def locate_files(datasets: Sequence[str], manual_dir: str, *,
       checked.add(f.filename)
       given = overrides.get(f.filename)
       path = given or os.path.join(manual_dir, f.filename)
+      if not given and f.filename == REAL_JSON and not os.path.isfile(path):
+        path = bundled.real_json_path()  # Checked below like any other.
       if not os.path.isfile(path):
         if given:  # An explicit path that is wrong is always an error.
           problems.append(f"MISSING {f.filename}: {f.flag} {given} is not a "
@@ -224,8 +223,6 @@ def locate_files(datasets: Sequence[str], manual_dir: str, *,
           problems.append(
               f"MISSING {f.filename} (needed by {dataset}; {_file_note(f)})."
               f" Put it at {path}")
-          if f.filename == REAL_JSON and os.path.isfile(KNOWN_REAL_JSON):
-            problems[-1] += f" or pass --real_json {KNOWN_REAL_JSON}"
         continue
       path = os.path.abspath(path)
       size = os.path.getsize(path)
@@ -349,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="comma-separated, from "
                            f"{','.join(imagenet_variants.ILSVRC_VARIANTS)}")
   parser.add_argument("--real_json", default=None,
-                      help=f"path of {REAL_JSON} if not in --manual_dir")
+                      help=f"path of {REAL_JSON} if not in --manual_dir "
+                           "(default: the copy shipped with the package)")
   parser.add_argument("--multilabel_json", default=None,
                       help=f"path of {MULTILABEL_JSON} if not in "
                            f"--manual_dir")

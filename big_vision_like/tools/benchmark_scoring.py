@@ -59,12 +59,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-# jax, TensorFlow and our modules are imported where needed, so that the
-# table helpers (and their tests) do not pay for them.
+# `bundled` imports only the standard library; jax, TensorFlow and our other
+# modules are imported where needed, so that the table helpers (and their
+# tests) do not pay for them.
+from big_vision_like.data import bundled
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_REAL_JSON = os.path.normpath(
-    os.path.join(REPO, "..", "shared", "data", "imagenet", "real.json"))
+DEFAULT_REAL_JSON = bundled.real_json_path()
 VAL_SIZE = 50_000
 OFFLINE_TARGET_S = 10.0
 INLOOP_TARGET = 0.05  # Relative overhead of the multilabel evaluator.
@@ -127,8 +128,8 @@ def write_offline_inputs(workdir: str, *, num_examples: int, num_classes: int,
   if num_classes < 2:
     raise ValueError(f"--num_classes must be >= 2, got {num_classes}.")
   if not os.path.exists(real_json):
-    raise FileNotFoundError(f"--real_json {real_json} does not exist (the ReaL label file, "
-                            f"see DESIGN.md 'Data you can use').")
+    raise FileNotFoundError(f"--real_json {real_json} does not exist (the ReaL label file; "
+                            f"the package ships it as {DEFAULT_REAL_JSON}).")
   real = label_sources.from_real_json(real_json)  # validates the file
   os.makedirs(workdir, exist_ok=True)
   label = _original_labels()
@@ -488,8 +489,8 @@ def _parser() -> argparse.ArgumentParser:
       prog="python -m big_vision_like.tools.benchmark_scoring",
       description=__doc__.split("\n")[0])
   parser.add_argument("--real_json", default=DEFAULT_REAL_JSON,
-                      help="the ReaL label file (default: ../shared/data/imagenet/real.json "
-                           "relative to the repo)")
+                      help="the ReaL label file (default: the copy shipped with the "
+                           "package, big_vision_like/data/resources/real.json)")
   parser.add_argument("--num_examples", type=int, default=VAL_SIZE,
                       help="offline: rows of the logits (<= 50,000)")
   parser.add_argument("--num_classes", type=int, default=1000,

@@ -2,7 +2,7 @@
 
     python -m big_vision_like.tools.published_predictions [--limit N] \\
         [--out results/imagenet_val_published.md] [--workdir DIR] \\
-        [--predictions imagenet_val_top5_predictions.npz] [--labels real.json] \\
+        [--predictions results/imagenet_val_top5_predictions.npz] [--labels real.json] \\
         [--batch_size 1000] [--json metrics.json]
 
 The scorecard promises that an evaluator in the training loop and
@@ -54,8 +54,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-# JAX, TensorFlow and our evaluators are imported where needed, so that
-# `--help`, argument errors and the pixel code stay light.
+# `bundled` imports only the standard library; JAX, TensorFlow and our
+# evaluators are imported where needed, so that `--help`, argument errors and
+# the pixel code stay light.
+from big_vision_like.data import bundled
 
 MODELS = ("alexnet", "resnet18", "resnet50", "resnet152", "vgg16", "densenet121")
 LABEL_ROW = "label"  # the original labels scored as top-1 predictions
@@ -75,11 +77,11 @@ DATASET = "imagenet2012_real"
 SPLIT = "validation"
 _PP = f"decode|central_crop({IMAGE_SIZE})"
 
-_SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data",
-                       "imagenet")
-DEFAULT_PREDICTIONS = os.path.normpath(
-    os.path.join(_SHARED, "imagenet_val_top5_predictions.npz"))
-DEFAULT_LABELS = os.path.normpath(os.path.join(_SHARED, "real.json"))
+# The npz is kept in the repository's results/ (results/README.md: source and
+# licence), the ReaL labels inside the package.
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_PREDICTIONS = os.path.join(_REPO, "results", "imagenet_val_top5_predictions.npz")
+DEFAULT_LABELS = bundled.real_json_path()
 
 # The table's columns: (metric key, header). Percentages unless `num_`.
 COLUMNS = (("prec@1", "prec@1"), ("prec@5", "prec@5"), ("real@1", "real@1"),
@@ -538,8 +540,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--workdir", help="keep the TFDS split and dumps here "
                       "(default: a temporary folder, removed afterwards)")
   parser.add_argument("--predictions", default=DEFAULT_PREDICTIONS,
-                      help="npz with file_name, label and the six models' top-5")
-  parser.add_argument("--labels", default=DEFAULT_LABELS, help="the ReaL real.json")
+                      help="npz with file_name, label and the six models' top-5 "
+                           "(default: results/imagenet_val_top5_predictions.npz)")
+  parser.add_argument("--labels", default=DEFAULT_LABELS,
+                      help="the ReaL real.json (default: the packaged copy)")
   parser.add_argument("--batch_size", type=int, default=1000)
   parser.add_argument("--json", help="also write the exact metrics and timing here")
   args = parser.parse_args(argv)
