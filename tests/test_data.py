@@ -13,35 +13,17 @@ import tensorflow_datasets as tfds
 
 from big_vision_like.data import fashion_mnist, input_pipeline, splits, tfds_source
 from big_vision_like.pp.builder import PPError
+from tests.helpers import (assert_batches_equal, id_images, write_fashion_mnist_source,
+                           write_idx)
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
-def write_idx(source_dir, prefix, images, labels):
-  """Writes gzipped idx3/idx1 files like the official Fashion-MNIST ones."""
-  os.makedirs(source_dir, exist_ok=True)
-  n = len(images)
-  with gzip.open(os.path.join(source_dir, f"{prefix}-images-idx3-ubyte.gz"),
-                 "wb") as f:
-    f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
-  with gzip.open(os.path.join(source_dir, f"{prefix}-labels-idx1-ubyte.gz"),
-                 "wb") as f:
-    f.write(struct.pack(">II", 0x801, n) + labels.astype(np.uint8).tobytes())
-
-
-def id_images(ids):
-  """28x28x1 images whose every pixel is the example's id."""
-  return np.stack([np.full((28, 28, 1), i, np.uint8) for i in ids])
-
-
 @pytest.fixture(scope="module")
 def tiny_data_dir(tmp_path_factory):
   """A synthetic `fashion_mnist`: 50 train (ids 0..49), 23 test (100..122)."""
-  source = str(tmp_path_factory.mktemp("tiny_source"))
-  train_ids, test_ids = np.arange(50), np.arange(100, 123)
-  write_idx(source, "train", id_images(train_ids), train_ids % 10)
-  write_idx(source, "t10k", id_images(test_ids), test_ids % 10)
+  source = write_fashion_mnist_source(tmp_path_factory.mktemp("tiny_source"))
   return fashion_mnist.prepare(str(tmp_path_factory.mktemp("tiny_tfds")),
                                source_dir=source)
 
@@ -101,9 +83,7 @@ def test_prepare_from_synthetic_idx_files(tiny_data_dir):
 
 def test_prepare_uses_env_source_dir_and_default_data_dir(tmp_path,
                                                           monkeypatch):
-  source = str(tmp_path / "src")
-  write_idx(source, "train", id_images([1, 2]), np.array([1, 2]))
-  write_idx(source, "t10k", id_images([3]), np.array([3]))
+  source = write_fashion_mnist_source(tmp_path / "src", [1, 2], [3])
   monkeypatch.setenv("BVL_FASHION_MNIST_DIR", source)
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
   assert fashion_mnist.prepare() == str(tmp_path / "tfds")
@@ -112,9 +92,7 @@ def test_prepare_uses_env_source_dir_and_default_data_dir(tmp_path,
 
 
 def test_truncated_idx_file_fails_naming_the_file(tmp_path):
-  source = str(tmp_path / "src")
-  write_idx(source, "train", id_images([1, 2, 3]), np.array([1, 2, 3]))
-  write_idx(source, "t10k", id_images([3]), np.array([3]))
+  source = write_fashion_mnist_source(tmp_path / "src", [1, 2, 3], [3])
   path = os.path.join(source, "train-images-idx3-ubyte.gz")
   with gzip.open(path, "rb") as f:
     raw = f.read()
@@ -127,9 +105,7 @@ def test_truncated_idx_file_fails_naming_the_file(tmp_path):
 
 
 def test_cut_gzip_and_bad_magic_fail_naming_the_file(tmp_path):
-  source = str(tmp_path / "src")
-  write_idx(source, "train", id_images([1]), np.array([1]))
-  write_idx(source, "t10k", id_images([3]), np.array([3]))
+  source = write_fashion_mnist_source(tmp_path / "src", [1], [3])
   labels = os.path.join(source, "t10k-labels-idx1-ubyte.gz")
   with gzip.open(labels, "wb") as f:
     f.write(struct.pack(">II", 0x803, 1) + b"\x03")
@@ -147,9 +123,7 @@ def test_cut_gzip_and_bad_magic_fail_naming_the_file(tmp_path):
 
 
 def test_mismatched_image_and_label_counts_fail(tmp_path):
-  source = str(tmp_path / "src")
-  write_idx(source, "train", id_images([1, 2]), np.array([1, 2]))
-  write_idx(source, "t10k", id_images([3]), np.array([3]))
+  source = write_fashion_mnist_source(tmp_path / "src", [1, 2], [3])
   write_idx(str(tmp_path / "other"), "t10k", id_images([3, 4]),
             np.array([3, 4]))
   os.replace(str(tmp_path / "other" / "t10k-labels-idx1-ubyte.gz"),
@@ -177,9 +151,7 @@ def test_missing_source_files_give_the_apt_hint(tmp_path, monkeypatch):
 
 def test_get_builder_prepares_fashion_mnist_on_first_use(tmp_path,
                                                          monkeypatch):
-  source = str(tmp_path / "src")
-  write_idx(source, "train", id_images([1, 2]), np.array([1, 2]))
-  write_idx(source, "t10k", id_images([3]), np.array([3]))
+  source = write_fashion_mnist_source(tmp_path / "src", [1, 2], [3])
   monkeypatch.setenv("BVL_FASHION_MNIST_DIR", source)
   builder = tfds_source.get_builder("fashion_mnist", str(tmp_path / "tfds"))
   assert builder.is_prepared()
@@ -233,14 +205,6 @@ def ids_of(batch):
 
 def take(it, n):
   return [next(it) for _ in range(n)]
-
-
-def assert_batches_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 def test_train_batches_shapes_and_epochs(tiny_data_dir, monkeypatch):

@@ -16,9 +16,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from big_vision_like import registry
-from big_vision_like.data import input_pipeline, mixture, tfds_writer
-
-from test_input_pipeline import corrupt_records
+from big_vision_like.data import input_pipeline, mixture
+from tests.helpers import assert_batches_equal, corrupt_records, write_tfds
 
 N_TRAIN, N_TEST = 20, 12  # Not multiples of B: epochs end mid-batch.
 B = 8  # Global batch size.
@@ -36,11 +35,9 @@ def write_textured(data_dir, name="textured"):
   def examples(ids):
     return [{"image": rng.integers(0, 256, (12, 12, 3), dtype=np.uint8),
              "label": int(i)} for i in ids]
-  tfds_writer.write_dataset(
-      name, str(data_dir), {"train": examples(range(N_TRAIN)),
-                            "test": examples(range(100, 100 + N_TEST))},
-      features=features, num_shards=2)
-  return {"name": name, "split": "train", "data_dir": str(data_dir)}
+  return write_tfds(data_dir, name, {"train": examples(range(N_TRAIN)),
+                                     "test": examples(range(100, 100 + N_TEST))},
+                    features, num_shards=2)
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +80,6 @@ def global_batches(per_process):
           for step in range(len(per_process[0]))]
 
 
-def assert_same(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
-
-
 def labels(batches):
   return np.concatenate([b["label"] for b in batches]).tolist()
 
@@ -104,8 +93,8 @@ def test_global_batches_do_not_depend_on_the_process_count(textured):
   assert stream[:20] != stream[20:40]  # reshuffled.
   assert reference[0]["image"].shape == (B, 8, 8, 3)
   for count in (2, 4):
-    assert_same(global_batches(process_batches(textured, count, steps)),
-                reference)
+    assert_batches_equal(global_batches(process_batches(textured, count, steps)),
+                         reference)
 
 
 def test_augmentation_is_random_and_follows_the_position(textured):
@@ -129,8 +118,8 @@ def test_mixture_global_batches_do_not_depend_on_the_process_count(textured):
   expected = list(draws.take(steps * B).as_numpy_iterator())
   assert [int(l >= 100) for l in labels(reference)] == expected
   for count in (2, 4):
-    assert_same(global_batches(process_batches(data, count, steps)),
-                reference)
+    assert_batches_equal(global_batches(process_batches(data, count, steps)),
+                         reference)
 
 
 @pytest.mark.parametrize("mixed, resumes", [
@@ -142,7 +131,7 @@ def test_resume_gives_the_uninterrupted_global_batches(textured, mixed,
   for count, start in resumes:
     resumed = global_batches(
         process_batches(data, count, 7 - start, start_step=start))
-    assert_same(resumed, full[start:])
+    assert_batches_equal(resumed, full[start:])
 
 
 def test_per_process_order_depends_on_the_process_count(textured):
@@ -153,7 +142,7 @@ def test_per_process_order_depends_on_the_process_count(textured):
   assert sorted(labels(two[1])[:10]) == list(range(10, 20))
   assert labels(global_batches(two)) != labels(one[0])
   # With one process the two orders are the same stream.
-  assert_same(one[0], one_process(textured, 3))
+  assert_batches_equal(one[0], one_process(textured, 3))
 
 
 # A pp op that records the label of every example it sees: placed right
@@ -242,7 +231,7 @@ def test_cached_decode_failures_keep_the_global_batches(broken):
   batches = [global_batches(process_batches(broken, count, 4, cache=True,
                                             skip_corrupt=True))
              for count in (1, 2)]
-  assert_same(batches[1], batches[0])
+  assert_batches_equal(batches[1], batches[0])
   stream = labels(batches[0])
   assert sorted(stream[:18]) == sorted(set(range(20)) - BAD)
 

@@ -18,24 +18,16 @@ import tensorflow_datasets as tfds
 
 from big_vision_like import registry
 from big_vision_like import sharding as sharding_lib
+from tests.helpers import PIXEL_PP, pixel_predict, pixel_projection
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PP = "decode(1)|value_range(0, 1)|onehot(10, key='label', key_result='labels')"
-
-
-def projection():
-  return np.random.default_rng(0).normal(size=(28 * 28, 10)).astype(np.float32)
-
-
-def predict(params, batch):
-  return batch["image"].reshape(batch["image"].shape[0], -1) @ params["w"]
 
 
 def expected_metrics(data_dir, split):
   ds = tfds.load("fashion_mnist", split=split, data_dir=data_dir, batch_size=-1)
   images = tfds.as_numpy(ds)["image"].reshape(-1, 28 * 28).astype(np.float32) / 255
   labels = tfds.as_numpy(ds)["label"]
-  logits = images.astype(np.float64) @ projection().astype(np.float64)
+  logits = images.astype(np.float64) @ pixel_projection().astype(np.float64)
   order = np.argsort(-logits, axis=1)
   logp = logits - logits.max(1, keepdims=True)
   logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
@@ -50,34 +42,33 @@ def expected_metrics(data_dir, split):
 def test_counts_every_example_once(fashion_mnist_data_dir, split, batch_size):
   mesh = sharding_lib.make_mesh([("data", -1)])
   cls = registry.EVALUATORS.get("classification")
-  evaluator = cls(predict, data=dict(name="fashion_mnist", split=split,
-                                     data_dir=fashion_mnist_data_dir),
-                  pp=PP, batch_size=batch_size, mesh=mesh, data_axes=("data",))
-  got = evaluator.run({"w": jnp.asarray(projection())})
+  evaluator = cls(pixel_predict, data=dict(name="fashion_mnist", split=split,
+                                           data_dir=fashion_mnist_data_dir),
+                  pp=PIXEL_PP, batch_size=batch_size, mesh=mesh, data_axes=("data",))
+  got = evaluator.run({"w": jnp.asarray(pixel_projection())})
   want = expected_metrics(fashion_mnist_data_dir, split)
   assert got["num_examples"] == want["num_examples"]
   assert got["prec@1"] == pytest.approx(want["prec@1"], abs=1e-9)
   assert got["prec@5"] == pytest.approx(want["prec@5"], abs=1e-9)
   assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
   # Running again gives the same result (the eval iterator restarts cleanly).
-  assert evaluator.run({"w": jnp.asarray(projection())}) == got
+  assert evaluator.run({"w": jnp.asarray(pixel_projection())}) == got
 
 
 def test_counts_on_eight_devices_with_odd_batch(fashion_mnist_data_dir):
   """Batch 21 is rounded up to 24 for 8 devices; 1001 examples still count once."""
   code = textwrap.dedent(f"""
-      import json, sys
-      sys.path.insert(0, {os.path.join(REPO, "tests")!r})
+      import json
       import jax, jax.numpy as jnp
-      from test_evaluators import predict, projection, PP
+      from tests.helpers import PIXEL_PP, pixel_predict, pixel_projection
       from big_vision_like import registry, sharding
       mesh = sharding.make_mesh([("data", -1)])
       assert jax.device_count() == 8
       ev = registry.EVALUATORS.get("classification")(
-          predict, data=dict(name="fashion_mnist", split="test[:1001]",
-                             data_dir={fashion_mnist_data_dir!r}),
-          pp=PP, batch_size=21, mesh=mesh, data_axes=("data",))
-      print("RESULT", json.dumps(ev.run({{"w": jnp.asarray(projection())}})))
+          pixel_predict, data=dict(name="fashion_mnist", split="test[:1001]",
+                                   data_dir={fashion_mnist_data_dir!r}),
+          pp=PIXEL_PP, batch_size=21, mesh=mesh, data_axes=("data",))
+      print("RESULT", json.dumps(ev.run({{"w": jnp.asarray(pixel_projection())}})))
   """)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
@@ -109,8 +100,8 @@ def test_label_vectors_and_ties_through_the_scorer():
 def test_missing_label_key_is_named(fashion_mnist_data_dir):
   mesh = sharding_lib.make_mesh([("data", -1)])
   evaluator = registry.EVALUATORS.get("classification")(
-      predict, data=dict(name="fashion_mnist", split="test[:10]",
-                         data_dir=fashion_mnist_data_dir),
+      pixel_predict, data=dict(name="fashion_mnist", split="test[:10]",
+                               data_dir=fashion_mnist_data_dir),
       pp="decode(1)|value_range(0, 1)", batch_size=4, mesh=mesh, data_axes=("data",))
   with pytest.raises(KeyError, match="'labels'"):
-    evaluator.run({"w": jnp.asarray(projection())})
+    evaluator.run({"w": jnp.asarray(pixel_projection())})

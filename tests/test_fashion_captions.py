@@ -5,9 +5,7 @@ prepare): 50 train and 23 test images whose pixels all equal the image's id,
 label = id % 10, so every image can be traced back to its source.
 """
 
-import gzip
 import os
-import struct
 import threading
 
 import numpy as np
@@ -17,26 +15,13 @@ import tensorflow_datasets as tfds
 from big_vision_like.data import fashion_captions as fc
 from big_vision_like.data import fashion_mnist
 from big_vision_like.data import tfds_source
-
-TRAIN_IDS, TEST_IDS = np.arange(50), np.arange(100, 123)
-
-
-def tiny_source(tmp_path) -> str:
-  source = tmp_path / "source"
-  source.mkdir()
-  for prefix, ids in (("train", TRAIN_IDS), ("t10k", TEST_IDS)):
-    images = np.repeat(ids.astype(np.uint8), 28 * 28)
-    with gzip.open(source / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
-      f.write(struct.pack(">IIII", 0x803, len(ids), 28, 28) + images.tobytes())
-    with gzip.open(source / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
-      f.write(struct.pack(">II", 0x801, len(ids)) + (ids % 10).astype(np.uint8).tobytes())
-  return str(source)
+from tests.helpers import TINY_TEST_IDS, TINY_TRAIN_IDS, write_fashion_mnist_source
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("fc")
-  source = tiny_source(tmp)
+  source = write_fashion_mnist_source(tmp / "source")
   return fc.prepare(str(tmp / "tfds"), source), source
 
 
@@ -66,7 +51,7 @@ def test_splits_features_and_file_names(prepared):
 
 def test_images_and_labels_are_fashion_mnist_by_position(prepared):
   data_dir, _ = prepared
-  for split, ids in (("train", TRAIN_IDS), ("test", TEST_IDS)):
+  for split, ids in (("train", TINY_TRAIN_IDS), ("test", TINY_TEST_IDS)):
     ours, theirs = read(fc.NAME, split, data_dir), read("fashion_mnist", split, data_dir)
     assert len(ours) == len(theirs)
     for a, b in zip(ours, theirs):
@@ -132,7 +117,8 @@ def test_deterministic_across_data_dirs(prepared, tmp_path):
 
 
 def test_get_builder_prepares_on_first_use_once(tmp_path, monkeypatch):
-  monkeypatch.setenv(fashion_mnist.SOURCE_DIR_ENV, tiny_source(tmp_path))
+  source = write_fashion_mnist_source(tmp_path / "source")
+  monkeypatch.setenv(fashion_mnist.SOURCE_DIR_ENV, source)
   data_dir = str(tmp_path / "tfds")
   assert not fc.is_prepared(data_dir)
   builder = tfds_source.get_builder(fc.NAME, data_dir)
@@ -145,7 +131,7 @@ def test_get_builder_prepares_on_first_use_once(tmp_path, monkeypatch):
 
 
 def test_concurrent_prepare_writes_once(tmp_path):
-  source, data_dir = tiny_source(tmp_path), str(tmp_path / "tfds")
+  source, data_dir = write_fashion_mnist_source(tmp_path / "source"), str(tmp_path / "tfds")
   fashion_mnist.prepare(data_dir, source)
   errors = []
 

@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from big_vision_like import registry
 from big_vision_like import sharding as sharding_lib
 from big_vision_like.data import imagenet_variants, input_pipeline, tfds_source
+from tests.helpers import write_imagenet_variants
 
 V = imagenet_variants
 COUNTS = {"imagenet2012": {"train": 10, "validation": 10},
@@ -43,11 +44,9 @@ def counts(name):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp("imagenet_variants"))
-  for name in V.VARIANTS:
-    V.write_small_variant(name, data_dir, examples_per_split=counts(name),
-                          image_size=24, seed=1)
-  return data_dir
+  return write_imagenet_variants(tmp_path_factory.mktemp("imagenet_variants"),
+                                 {name: counts(name) for name in V.VARIANTS},
+                                 image_size=24, seed=1)
 
 
 def raw_examples(data_dir, name, split):

@@ -18,10 +18,9 @@ import tensorflow_datasets as tfds  # noqa: E402
 from big_vision_like import registry  # noqa: E402
 from big_vision_like import sharding as sharding_lib  # noqa: E402
 from big_vision_like.data import fashion_captions  # noqa: E402
-from big_vision_like.data import tfds_writer  # noqa: E402
 from big_vision_like.evaluators import retrieval  # noqa: E402
 from big_vision_like.text import tokenizers  # noqa: E402
-from test_fashion_captions import tiny_source  # noqa: E402
+from tests.helpers import write_fashion_mnist_source, write_tfds  # noqa: E402
 
 L = 40
 # Captions per image (image 3 has none). Texts in order: j0..j5.
@@ -67,7 +66,6 @@ PP = f"decode|tokenize({L}, key='captions')|keep('image', 'captions')"
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("ret"))
   features = tfds.features.FeaturesDict({
       "image": tfds.features.Image(shape=(2, 2, 1)),
       "captions": tfds.features.Sequence(tfds.features.Text()),
@@ -76,8 +74,8 @@ def data_dir(tmp_path_factory):
   # Written in reverse file-name order: the evaluator must sort by file name.
   examples = [{"image": np.full((2, 2, 1), i, np.uint8), "captions": CAPTIONS[i],
                "file_name": f"img{i}"} for i in reversed(range(4))]
-  tfds_writer.write_dataset("ret_toy", d, {"test": examples}, features=features)
-  return d
+  return write_tfds(tmp_path_factory.mktemp("ret"), "ret_toy", {"test": examples},
+                    features)["data_dir"]
 
 
 def make(data, **kw):
@@ -162,7 +160,8 @@ def test_fashion_mnist_captions_end_to_end(tmp_path):
   so the ranks are decided by the tie rule: checked against a plain
   sorted() over (-score, index).
   """
-  data_dir = fashion_captions.prepare(str(tmp_path / "tfds"), tiny_source(tmp_path))
+  source = write_fashion_mnist_source(tmp_path / "source")
+  data_dir = fashion_captions.prepare(str(tmp_path / "tfds"), source)
   classes = np.eye(10, dtype=np.float32)
   images = classes[np.arange(256) % 10]
   text_emb = {}

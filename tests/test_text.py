@@ -13,6 +13,7 @@ from big_vision_like.pp import ops_text
 from big_vision_like.pp.builder import PPError, get_preprocess_fn
 from big_vision_like.text import tokenizers
 from big_vision_like.text.tokenizers import get_tokenizer
+from tests.helpers import assert_pp_error
 
 # Byte ids are byte + 3: a=100, b=101, c=102, ' '=35; pad=0, eos=1, bos=2.
 A, B, C, D, E, F = 100, 101, 102, 103, 104, 105
@@ -167,10 +168,8 @@ def test_tokenize_several_captions_per_example():
                                         "(1, 1)"]),
 ])
 def test_tokenize_errors_name_the_op(pp, data, fragments):
-  with pytest.raises(PPError) as e:
-    get_preprocess_fn(pp)({k: tf.constant(v) for k, v in data.items()})
-  for fragment in fragments:
-    assert fragment in str(e.value)
+  assert_pp_error(lambda: get_preprocess_fn(pp)({k: tf.constant(v) for k, v in data.items()}),
+                  fragments)
 
 
 # ---------------------------------------------------------------- text ops

@@ -32,10 +32,10 @@ from big_vision_like import registry  # noqa: E402
 from big_vision_like import scorecard  # noqa: E402
 from big_vision_like import sharding as sharding_lib  # noqa: E402
 from big_vision_like.data import fashion_captions  # noqa: E402
-from big_vision_like.data import tfds_writer  # noqa: E402
 from big_vision_like.evaluators import zeroshot  # noqa: E402
 from big_vision_like.pp import ops_text  # noqa: E402
 from big_vision_like.text import tokenizers  # noqa: E402
+from tests.helpers import write_fashion_mnist_source, write_tfds  # noqa: E402
 
 T = 100.0
 L = 32
@@ -81,7 +81,6 @@ PARAMS = make_params(toy_text_emb())
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("zs"))
   features = tfds.features.FeaturesDict({
       "image": tfds.features.Image(shape=(2, 2, 1)),
       "label": tfds.features.ClassLabel(names=CLASSES),
@@ -91,8 +90,8 @@ def data_dir(tmp_path_factory):
   sets = [[0], [1], [1, 0], []]  # image 1 (a cat) is labelled dog only; 3 has none
   examples = [{"image": np.full((2, 2, 1), i, np.uint8), "label": LABELS[i],
                "real_label": sets[i], "file_name": f"img{i}"} for i in range(4)]
-  tfds_writer.write_dataset("zs_toy", d, {"test": examples}, features=features)
-  return d
+  return write_tfds(tmp_path_factory.mktemp("zs"), "zs_toy", {"test": examples},
+                    features)["data_dir"]
 
 
 def make(data_dir, **kw):
@@ -272,8 +271,8 @@ def test_real_two_tower_model_through_the_train_predict_fn(tmp_path):
   embedded `fashion_mnist_captions`, against the same model applied by hand."""
   import jax  # pylint: disable=g-import-not-at-top
   from big_vision_like import train  # pylint: disable=g-import-not-at-top
-  from test_fashion_captions import tiny_source  # pylint: disable=g-import-not-at-top
-  data_dir = fashion_captions.prepare(str(tmp_path / "tfds"), tiny_source(tmp_path))
+  source = write_fashion_mnist_source(tmp_path / "source")
+  data_dir = fashion_captions.prepare(str(tmp_path / "tfds"), source)
   tiny = dict(width=32, depth=1, mlp_dim=64, num_heads=2)
   model = registry.MODELS.get("two_tower")(
       image_model="vit", image=dict(variant="Ti/7", **tiny),
