@@ -50,6 +50,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from big_vision_like import errors
 from big_vision_like import params as params_lib
 
 logger = logging.getLogger(__name__)
@@ -405,6 +406,13 @@ class Checkpointer:
                          array_checksums(restored[STATE]))
     return restored[STATE], restored[META], step
 
+  def read_meta(self, step: int) -> dict:
+    """The meta dict saved with `step` (no arrays are read)."""
+    path = self.directory / str(step) / META / "metadata"
+    if not path.exists():
+      raise FileNotFoundError(f"No checkpoint meta for step {step}: {path} is missing")
+    return json.loads(path.read_text())
+
   def wait(self) -> None:
     """Blocks until all background saves are committed; re-raises their errors."""
     self._manager.wait_until_finished()
@@ -556,3 +564,27 @@ def load_params(path: str, params_target: Any, *, skip: Sequence[str] = (),
 
   return jax.tree_util.tree_map_with_path(
       lambda p, x: loaded.get(params_lib.path_to_str(p), x), params_target)
+
+
+def init_from_checkpoints(params: Any, model_init: Any, skip: Sequence[str] = ()) -> Any:
+  """Loads `config.model_init` into `params`.
+
+  `model_init` is a path (the whole model), or {subtree: path} to load a
+  checkpoint into one part of the model: `{"img": "<workdir of a supervised
+  ViT>"}` fills the image tower of a two-tower model (LiT). `skip` regexes
+  match full parameter names ("img/head/.*") and keep those params fresh.
+  """
+  if not hasattr(model_init, "items"):
+    out = load_params(str(model_init), params, skip=list(skip))
+    logger.info("Initialised params from %s (skipping %s)", model_init, list(skip))
+    return out
+  params = dict(params)
+  for prefix, path in dict(model_init).items():
+    if prefix not in params:
+      raise errors.ConfigError(
+          f"config.model_init.{prefix}: the model has no parameter subtree {prefix!r} "
+          f"(it has {sorted(params)})")
+    sub_skip = [s[len(prefix) + 1:] for s in skip if s.startswith(prefix + "/")]
+    params[prefix] = load_params(str(path), params[prefix], skip=sub_skip)
+    logger.info("Initialised %s/ from %s (skipping %s)", prefix, path, sub_skip)
+  return params

@@ -386,42 +386,24 @@ def chunked_siglip_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array | float,
   return loss, jax.lax.stop_gradient(metrics)
 
 
-# --- Lookup by name (config.loss of a two-tower model) -------------------------
+# --- Lookup by name (config.loss of the image_text task) ----------------------
+# Registered in the one loss registry as factories `(mesh, axis) -> loss_fn`:
+# the chunked loss needs the mesh and the data axes it is computed around.
 
-_LOSSES = registry.Registry("contrastive loss")
 
-
-@_LOSSES.register("clip")
+@registry.LOSSES.register("clip", task="image_text")
 def _clip(mesh: Mesh, axis: str | Sequence[str]) -> ContrastiveLoss:
   del mesh, axis  # Dense: jit and the input shardings do the distribution.
   return lambda zimg, ztxt, t, b: clip_loss(zimg, ztxt, t)  # CLIP has no bias.
 
 
-@_LOSSES.register("siglip")
+@registry.LOSSES.register("siglip", task="image_text")
 def _siglip(mesh: Mesh, axis: str | Sequence[str]) -> ContrastiveLoss:
   del mesh, axis
   return siglip_loss
 
 
-@_LOSSES.register("chunked_siglip")
+@registry.LOSSES.register("chunked_siglip", task="image_text")
 def _chunked_siglip(mesh: Mesh, axis: str | Sequence[str]) -> ContrastiveLoss:
   _data_axes(mesh, axis, "config.loss='chunked_siglip'")  # Fail at start-up.
   return functools.partial(chunked_siglip_loss, mesh=mesh, axis=axis)
-
-
-LOSS_NAMES: tuple[str, ...] = tuple(_LOSSES.names())
-
-
-def get_loss(name: str, *, mesh: Mesh, axis: str | Sequence[str] = "data"
-             ) -> ContrastiveLoss:
-  """The contrastive loss named by `config.loss`, as `(zimg, ztxt, t, b) -> (loss, metrics)`.
-
-  Names: "clip" (`clip_loss`; ignores b), "siglip" (`siglip_loss`),
-  "chunked_siglip" (`chunked_siglip_loss` over `mesh`, batch split over
-  `axis`). An unknown name fails naming config.loss and the known names.
-  """
-  if name not in _LOSSES:
-    raise registry.UnknownNameError(
-        "config.loss: " + registry.unknown_name_message(
-            "contrastive loss name", name, _LOSSES.names()))
-  return _LOSSES.get(name)(mesh, axis)

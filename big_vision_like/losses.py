@@ -27,7 +27,7 @@ def _check(logits: jax.Array, labels: jax.Array, name: str
   return logits.astype(jnp.float32), labels.astype(jnp.float32)
 
 
-@LOSSES.register("softmax_xent")
+@LOSSES.register("softmax_xent", task="classification")
 def softmax_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Softmax cross-entropy `sum_c -labels[c] * log_softmax(logits)[c]`.
 
@@ -44,7 +44,7 @@ def softmax_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return -jnp.sum(labels * jax.nn.log_softmax(logits, axis=-1), axis=-1)
 
 
-@LOSSES.register("sigmoid_xent")
+@LOSSES.register("sigmoid_xent", task="classification")
 def sigmoid_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-class binary cross-entropy, summed over classes.
 

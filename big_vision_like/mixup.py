@@ -52,7 +52,7 @@ from typing import Any, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from big_vision_like import config as config_lib
+from big_vision_like import errors
 
 MODES = ("batch", "example")
 # A fold_in tag for the mixup random stream; >= 2**31, so never a step number.
@@ -93,7 +93,7 @@ def _number(value: Any, key: str, *, is_prob: bool) -> float:
         and math.isfinite(value) and 0 <= value and (value <= 1 or not is_prob))
   if not ok:
     want = "a probability in [0, 1]" if is_prob else "a finite number >= 0"
-    raise config_lib.ConfigError(f"config.mixup.{key} must be {want}, got {value!r}")
+    raise errors.ConfigError(f"config.mixup.{key} must be {want}, got {value!r}")
   return float(value)
 
 
@@ -106,10 +106,10 @@ def from_config(cfg: Mapping[str, Any] | None) -> MixupConfig | None:
   if cfg is None:
     return None
   if not isinstance(cfg, Mapping) and not hasattr(cfg, "keys"):
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"config.mixup must be a dict such as dict(mixup_alpha=0.2) or None, got {cfg!r}")
   known = {f.name for f in dataclasses.fields(MixupConfig)}
-  config_lib._check_keys(cfg, known, "config.mixup")  # pylint: disable=protected-access
+  errors.check_keys(cfg, known, "config.mixup")
   out = MixupConfig(
       mixup_alpha=_number(cfg.get("mixup_alpha", 0.0), "mixup_alpha", is_prob=False),
       cutmix_alpha=_number(cfg.get("cutmix_alpha", 0.0), "cutmix_alpha", is_prob=False),
@@ -117,7 +117,7 @@ def from_config(cfg: Mapping[str, Any] | None) -> MixupConfig | None:
       prob=_number(cfg.get("prob", 1.0), "prob", is_prob=True),
       mode=cfg.get("mode", "batch"))
   if out.mode not in MODES:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"config.mixup.mode must be one of {', '.join(MODES)}; got {out.mode!r}")
   return out if out.enabled else None
 

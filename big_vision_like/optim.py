@@ -27,6 +27,7 @@ statistics), for `jax.jit(tx.init, out_shardings=...)`.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -126,10 +127,12 @@ def make_schedule(lr: float, schedule_config: Any, *, total_steps: int,
         sched, prefix, batch_size=batch_size, num_examples=num_examples,
         total_steps=total_steps, default=0, where="config.schedule")
     if steps > total_steps:
+      # A quick run of a long recipe (--config.total_steps=3): run it, say so.
       key = durations.which_set(sched, prefix)[0]
-      raise ValueError(
-          f"config.schedule.{key}={sched[key]!r} is {steps} steps, longer "
-          f"than the whole run ({total_steps} steps)")
+      logging.warning("config.schedule.%s=%r is %d steps, longer than the whole run "
+                      "(%d steps): %s over the whole run instead", key, sched[key], steps,
+                      total_steps, prefix)
+      steps = total_steps
     return steps
 
   warmup = steps_of("warmup")

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 from etils import epath
 
-from big_vision_like import config as config_lib
+from big_vision_like import errors
 
 # Steps after the start of this run before an int `config.profile` begins.
 _WARMUP_STEPS = 2
@@ -31,7 +31,7 @@ def parse(spec: Any, start_step: int) -> tuple[int, int] | None:
   if spec is None or spec is False or spec == 0:
     return None
   if isinstance(spec, bool):
-    raise config_lib.ConfigError("config.profile=True: give the number of steps "
+    raise errors.ConfigError("config.profile=True: give the number of steps "
                                  "(e.g. 5) or dict(first_step=..., num_steps=...)")
   if isinstance(spec, int):
     first, num = start_step + _WARMUP_STEPS, spec
@@ -39,18 +39,18 @@ def parse(spec: Any, start_step: int) -> tuple[int, int] | None:
     try:
       spec = dict(spec)
     except (TypeError, ValueError):
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f"config.profile={spec!r}: give a number of steps or "
           "dict(first_step=..., num_steps=...)") from None
     unknown = sorted(set(spec) - {"first_step", "num_steps"})
     if unknown:
-      raise config_lib.ConfigError(f"config.profile.{unknown[0]} is unknown; the keys "
+      raise errors.ConfigError(f"config.profile.{unknown[0]} is unknown; the keys "
                                    "are first_step and num_steps")
     first = spec.get("first_step", start_step + _WARMUP_STEPS)
     num = spec.get("num_steps", 5)
   for key, value, low in (("first_step", first, 0), ("num_steps", num, 1)):
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-      raise config_lib.ConfigError(f"config.profile {key}={value!r} must be an int "
+      raise errors.ConfigError(f"config.profile {key}={value!r} must be an int "
                                    f">= {low}")
   return first, num
 

@@ -11,13 +11,10 @@ Registries import the modules that populate them lazily (on first lookup), so
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from typing import Any, Callable, Iterable
 
-
-class UnknownNameError(ValueError):
-  """A config referred to a name that no module registered."""
+from big_vision_like.errors import UnknownNameError, unknown_name_message  # pylint: disable=unused-import
 
 
 class Registry:
@@ -27,17 +24,33 @@ class Registry:
     self.kind = kind
     self._modules = list(modules)
     self._items: dict[str, Any] = {}
+    self._tags: dict[str, dict[str, Any]] = {}
     self._loaded = False
 
-  def register(self, name: str) -> Callable[[Any], Any]:
-    """Decorator: `@REGISTRY.register("name")` on a function or class."""
+  def register(self, name: str, **tags: Any) -> Callable[[Any], Any]:
+    """Decorator: `@REGISTRY.register("name")` on a function or class.
+
+    `tags` describe the entry for whoever looks it up, e.g. the task a loss
+    belongs to: `@LOSSES.register("clip", task="image_text")`.
+    """
     def decorator(obj):
       if name in self._items and self._items[name] is not obj:
         raise ValueError(f"{self.kind} {name!r} is registered twice: "
                          f"{self._items[name]!r} and {obj!r}")
       self._items[name] = obj
+      self._tags[name] = dict(tags)
       return obj
     return decorator
+
+  def tags(self, name: str) -> dict[str, Any]:
+    """The tags `name` was registered with (fails like `get` for unknown names)."""
+    self.get(name)
+    return dict(self._tags[name])
+
+  def names_with(self, **tags: Any) -> list[str]:
+    """The names registered with all of `tags`."""
+    return [n for n in self.names()
+            if all(self._tags[n].get(k) == v for k, v in tags.items())]
 
   def _load(self) -> None:
     # Mark loaded only once every module imported: a module that fails to
@@ -63,21 +76,15 @@ class Registry:
     raise UnknownNameError(unknown_name_message(self.kind, name, self.names()))
 
 
-def unknown_name_message(kind: str, name: Any, known: Iterable[str]) -> str:
-  """`Unknown {kind} 'x'. Did you mean 'y'? Known: a, b, c.` (shared wording)."""
-  known = sorted(known)
-  msg = f"Unknown {kind} {name!r}."
-  close = difflib.get_close_matches(str(name), known, n=1)
-  if close:
-    msg += f" Did you mean {close[0]!r}?"
-  return msg + f" Known {kind}s: {', '.join(known) or '(none)'}."
-
 
 MODELS = Registry("model", ["big_vision_like.models.vit",
                             "big_vision_like.models.resnet",
                             "big_vision_like.models.text",
                             "big_vision_like.models.two_tower"])
-LOSSES = Registry("loss", ["big_vision_like.losses"])
+# Each loss is tagged with the task that trains with it (tasks/).
+LOSSES = Registry("loss", ["big_vision_like.losses", "big_vision_like.contrastive"])
+TASKS = Registry("task", ["big_vision_like.tasks.classification",
+                          "big_vision_like.tasks.image_text"])
 PP_OPS = Registry("pp op", ["big_vision_like.pp.ops_general",
                             "big_vision_like.pp.ops_image",
                             "big_vision_like.pp.randaug",

@@ -23,7 +23,8 @@ helper appends the label handling each dataset needs. `evaluator="zeroshot"`
 scores every entry with a two-tower model's zero-shot classifier (give
 class_names, prompts and pp_txt in `extra`); `extra` adds keyword arguments
 to every evaluator. `include` picks a subset
-of the names above.
+of the names above; configs take it from their `:evals=val+real` argument
+through `select`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,24 @@ NAMES = ("val", "minival", "real", "multilabel", "imagenet_m", "v2_mf", "v2_t07"
          "v2_top", "a", "r", "sketch", "calibration")
 
 _V2 = {"v2_mf": "matched-frequency", "v2_t07": "threshold-0.7", "v2_top": "topimages"}
+
+
+def select(spec: str, default: Sequence[str] = NAMES) -> tuple[str, ...]:
+  """`"val+real"` -> ("val", "real"); `""` -> `default`; `"all"` -> every name.
+
+  For a config's `:evals=` argument, so that a run on a machine without every
+  ImageNet variant prepared can keep the ones it has.
+  """
+  if not spec:
+    return tuple(default)
+  if spec == "all":
+    return NAMES
+  names = tuple(n.strip() for n in spec.split("+") if n.strip())
+  unknown = [n for n in names if n not in NAMES]
+  if unknown or not names:
+    raise ValueError(f"evals={spec!r}: unknown scorecard evals {unknown}; give names "
+                     f"joined by '+' from {', '.join(NAMES)} (or 'all')")
+  return names
 
 
 def _keep(*keys: str) -> str:

@@ -2,8 +2,30 @@
 
 The in-loop evaluators and `tools/score_predictions` call the same functions
 on the same per-example arrays, so an offline re-score of a prediction dump
-reproduces the in-loop numbers bit for bit. The definitions follow DESIGN.md
-("Metric definitions"):
+reproduces the in-loop numbers bit for bit.
+
+Metric definitions (the project's reference for them):
+
+- `prec@k`: the fraction of examples whose label is among the k highest scores.
+- ReaL (`real@1`, `real@5`): each validation image has a set of labels (TFDS
+  `imagenet2012_real`'s `real_label`, or the raw JSON list of 50,000 lists
+  where index i is `ILSVRC2012_val_{i+1:08d}.JPEG`); images with an empty set
+  do not count (46,837 of the 50,000 do).
+- `imagenet2012_multilabel` (Shankar et al. 2020): `is_problematic` images
+  are skipped; a top-1 prediction is correct when it is in the correct or
+  unclear labels; accuracy per image and per class (by the original label);
+  ImageNet-M counts the correct ones of its 68 images.
+- Single- vs multi-label strata: accuracy on the images with exactly one
+  valid label and on those with more, and the multi-label fraction; label
+  sets from TFDS or an external file keyed by file_name.
+- ImageNet-A and -R: the 1000 logits are restricted to the 200-class subset
+  before the argmax; ImageNetV2 (three variants) and Sketch use all 1000.
+- Calibration: ECE over the top-1 confidence (equal-width and equal-mass
+  bins), NLL and Brier score.
+- External labels join on `file_name`, never on position (ImageNet val
+  exists in three different orders).
+
+Conventions of this module:
 
 - Predictions are top-k class ids per example, best first. Ties between
   equal scores go to the LOWER class id (what `jax.lax.top_k` does on every

@@ -7,6 +7,7 @@ Upstream-style supervised training as in "Big Transfer (BiT)" (Kolesnikov et
 al. 2020): SGD with momentum 0.9, base lr 0.1 per 256 examples scaled
 linearly with the batch (batch 4096 -> 1.6), weight decay 1e-4, 90 epochs
 with a short warmup and cosine decay here (the paper steps the lr down), inception crop + flip.
+`evals=val+real` keeps only the named scorecard evals (default: all).
 """
 
 import ml_collections
@@ -17,7 +18,7 @@ from big_vision_like.config import parse_arg
 
 def get_config(arg=None):
   arg = parse_arg(arg, depth=50, width=1, batch=4096, epochs=90, runlocal=False,
-                  data_dir="")
+                  data_dir="", evals="")
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.total_epochs = arg.epochs
@@ -55,7 +56,8 @@ def get_config(arg=None):
   # the crop (same view as decode|resize_small(256)|central_crop(224)).
   config.evals = scorecard.imagenet(
       pp_image="decode_jpeg_and_central_crop(224)", data_dir=data_dir,
-      include=("val", "minival") if arg.runlocal else scorecard.NAMES,
+      include=scorecard.select(arg.evals,
+                               ("val", "minival") if arg.runlocal else scorecard.NAMES),
       log_steps=2500)
   if arg.runlocal:
     config.total_epochs = None
@@ -69,5 +71,6 @@ def get_config(arg=None):
     for ev in config.evals.values():
       ev.log_steps = 5
       ev.batch_size = 8
-    config.evals.val.data.split = "validation[:16]"
+    if "val" in config.evals:
+      config.evals.val.data.split = "validation[:16]"
   return config

@@ -27,7 +27,8 @@ without one the dependency-free byte tokenizer is used.
 supervised run and locked; only the text tower trains.
 
 Evaluation: the zero-shot ImageNet scorecard (val, ReaL, v2, A, R, Sketch,
-...) with the standard class names and prompts as data.
+...) with the standard class names and prompts as data; `evals=val+real`
+keeps only the named ones.
 
 `runlocal` keeps the recipe but trains a tiny model for 10 steps on the
 embedded Fashion-MNIST captions with the byte tokenizer.
@@ -56,7 +57,7 @@ PROMPTS = ("a photo of a {}.", "a bad photo of a {}.", "a photo of many {}.",
 def get_config(arg=None):
   arg = parse_arg(arg, loss="siglip", data="laion400m/images", text_key="caption",
                   tokenizer="", examples=3_000_000_000, batch=32_768, data_dir="",
-                  lit_init="", runlocal=False)
+                  lit_init="", runlocal=False, evals="")
   recipe = RECIPES["clip" if arg.loss == "clip" else "siglip"]
   tokenizer = f"sentencepiece:{arg.tokenizer}" if arg.tokenizer else "bytes"
   vocab = 32_000 if arg.tokenizer else 259
@@ -112,7 +113,7 @@ def get_config(arg=None):
   config.evals = scorecard.imagenet(
       pp_image="decode_jpeg_and_central_crop(224)", data_dir=data_dir,
       log_steps=5000, evaluator="zeroshot", extra=zeroshot,
-      include=tuple(n for n in scorecard.NAMES if n != "minival"))
+      include=scorecard.select(arg.evals, [n for n in scorecard.NAMES if n != "minival"]))
 
   if arg.runlocal:
     fashion_pp = ("decode(1)|value_range(-1, 1)"

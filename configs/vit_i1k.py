@@ -15,7 +15,8 @@ original TF RandAugment magnitude convention (as big_vision does).
 `runlocal` keeps the data and model family but shrinks batch, steps and evals.
 `sharding=dp|fsdp|fsdp_tp` picks the layout (default dp; fsdp splits params
 and optimizer state over all devices, fsdp_tp adds 2-way tensor parallelism
-over heads and MLP; see README "Scale-out").
+over heads and MLP; see README "Scale-out"). `evals=val+real` keeps only the
+named scorecard evals (default: all of them; `runlocal`: val+minival).
 """
 
 import ml_collections
@@ -33,7 +34,8 @@ RECIPES = {
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, variant="S/16", runlocal=False, data_dir="", sharding="dp")
+  arg = parse_arg(arg, variant="S/16", runlocal=False, data_dir="", sharding="dp",
+                  evals="")
   if arg.variant not in RECIPES:
     raise ValueError(f"configs/vit_i1k.py: variant must be one of {sorted(RECIPES)}, "
                      f"got {arg.variant!r}")
@@ -81,7 +83,8 @@ def get_config(arg=None):
   # the crop (same view as decode|resize_small(256)|central_crop(224)).
   config.evals = scorecard.imagenet(
       pp_image="decode_jpeg_and_central_crop(224)", data_dir=data_dir,
-      include=("val", "minival") if arg.runlocal else scorecard.NAMES,
+      include=scorecard.select(arg.evals,
+                               ("val", "minival") if arg.runlocal else scorecard.NAMES),
       log_steps=2500)
 
   if arg.runlocal:
@@ -96,5 +99,6 @@ def get_config(arg=None):
     for ev in config.evals.values():
       ev.log_steps = 5
       ev.batch_size = 8
-    config.evals.val.data.split = "validation[:16]"
+    if "val" in config.evals:
+      config.evals.val.data.split = "validation[:16]"
   return config

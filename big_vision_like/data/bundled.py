@@ -2,7 +2,8 @@
 
 - `resources/real.json`: the ReaL label sets of the 50,000 ImageNet
   validation images (Beyer et al. 2020, "Are we done with ImageNet?"), from
-  https://github.com/google-research/reassessed-imagenet, Apache-2.0. It is
+  https://github.com/google-research/reassessed-imagenet, Apache-2.0 (licence
+  text in `resources/LICENSE-real.txt`). It is
   byte-for-byte the file TFDS's `imagenet2012_real` checksums.tsv lists
   (sha256 d83e9bff374c631aae8439eb064c7019acc56e1b3bc3f56b8380c2a710b0220b),
   so `prepare_imagenet` accepts it as it is.

@@ -1,8 +1,8 @@
 """Multi-label evaluator: ReaL, imagenet2012_multilabel, ImageNet-M, strata, mAP.
 
 Single-label top-1 misjudges models on images with several valid labels;
-this evaluator scores the label SETS (definitions in DESIGN.md and
-`scoring`). The labels come from
+this evaluator scores the label SETS (definitions in the `scoring` module
+docstring). The labels come from
 
 - a set key of the dataset (`set_key="real_label"`): ReaL-style scoring,
   `real@1`, `real@5`, `recall@k`, the count of non-empty sets, and the

@@ -166,7 +166,7 @@ def _check_embed_output(out: Any, key: str, where: str) -> None:
   if not isinstance(out, dict) or key not in out or "t" not in out:
     got = sorted(out) if isinstance(out, dict) else type(out).__name__
     raise ValueError(f"evaluator {where!r}: zero-shot needs a two-tower model whose "
-                     f"predict_fn returns {{{key!r}, 't', ...}} (see train.make_predict_fn);"
+                     f"predict_fn returns {{{key!r}, 't', ...}} (see tasks/image_text.py);"
                      f" got {got}")
 
 
@@ -437,22 +437,3 @@ def as_zeroshot(ev: dict, **zeroshot: Any) -> dict:
                      f"scorers: {SCORERS}")
   return {**ev, "type": "zeroshot", "scorer": kind, **zeroshot}
 
-
-def imagenet_scorecard(*, class_names: str | Sequence[str] = "imagenet2012",
-                       prompts: str | Sequence[str], pp_txt: str,
-                       ensemble: str = "mean", **scorecard_kwargs: Any
-                       ) -> dict[str, dict]:
-  """`scorecard.imagenet(...)` with every evaluator zero-shot.
-
-      config.evals = zeroshot.imagenet_scorecard(
-          pp_image="decode|resize(224)|value_range(-1, 1)", log_steps=2500,
-          prompts=[...], pp_txt="tokenize(16)")
-
-  The ImageNet labels stay what they are (the 1000 class ids); only the
-  logits come from the text tower.
-  """
-  from big_vision_like import scorecard  # pylint: disable=g-import-not-at-top
-  evals = scorecard.imagenet(**scorecard_kwargs)
-  return {name: as_zeroshot(ev, class_names=class_names, prompts=prompts, pp_txt=pp_txt,
-                            ensemble=ensemble)
-          for name, ev in evals.items()}

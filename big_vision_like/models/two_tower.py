@@ -61,7 +61,7 @@ class TwoTower(nn.Module):
   temperature_init: float = 10.0
   bias_init: float | None = None
 
-  is_two_tower = True  # (class constant) the train loop asks for this
+  task = "image_text"  # (class constant) the task this model trains with by default
 
   def __post_init__(self):
     if not isinstance(self.embed_dim, int) or self.embed_dim <= 0:

@@ -298,9 +298,11 @@ def run_inloop(data_dir: str, *, variant: str, image_size: int, eval_examples: i
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
 
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from big_vision_like import experiment  # pylint: disable=g-import-not-at-top
   from big_vision_like import registry  # pylint: disable=g-import-not-at-top
   from big_vision_like import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  from big_vision_like import train as train_lib  # pylint: disable=g-import-not-at-top
   from big_vision_like.data import imagenet_variants  # pylint: disable=g-import-not-at-top
   from big_vision_like.data import input_pipeline  # pylint: disable=g-import-not-at-top
 
@@ -311,18 +313,18 @@ def run_inloop(data_dir: str, *, variant: str, image_size: int, eval_examples: i
     imagenet_variants.write_small_variant(
         "imagenet2012_real", data_dir, seed=seed, image_size=jpeg_size,
         examples_per_split={"validation": eval_examples})
-  mesh = sharding_lib.make_mesh([("data", -1)])
-  axes = ("data",)
   config = ml_collections.ConfigDict(dict(
-      model_name="vit",
+      model_name="vit", loss="softmax_xent", mesh=[("data", -1)], seed=seed,
       # Like configs/vit_i1k.py; a random (not zero) head so predictions vary.
       model=dict(variant=variant, num_classes=1000, pool_type="gap", posemb="sincos2d",
-                 head_zeroinit=False)))
-  model = train_lib.build_model(config)
-  params, _ = train_lib.init_params(model, (image_size, image_size, 3),
-                                    jax.random.key(seed), mesh, [(".*", "replicate")])
-  # Eval pp leaves uint8 images; the float conversion runs in predict_fn.
-  predict_fn = train_lib.make_predict_fn(model, value_range=(-1, 1))
+                 head_zeroinit=False),
+      # Eval pp leaves uint8 images; the float conversion runs in predict_fn.
+      device_value_range=(-1, 1)))
+  exp = experiment.build(config, input_spec={
+      "image": jax.ShapeDtypeStruct((image_size, image_size, 3), jnp.uint8)})
+  mesh, axes = exp.mesh, exp.data_axes
+  params = exp.init_params(jax.random.key(seed))
+  predict_fn = exp.predict_fn
   data = dict(name="imagenet2012_real", split="validation", data_dir=data_dir)
   pp = f"decode_jpeg_and_central_crop({image_size})"
   common = dict(data=data, batch_size=batch_size, mesh=mesh, data_axes=axes, cache=True)

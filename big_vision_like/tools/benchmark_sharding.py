@@ -5,7 +5,7 @@
 
 Why: sharding is chosen by config alone (`config.mesh`, `config.sharding_rules`,
 `config.sharding_strategy`); this shows what each choice costs, with the
-same code paths as `train.py` (init_params, init_state, jit_train_step).
+same set-up as `train.py` (`experiment.build`: sharded state, jitted train step).
 
 Table 1, memory: per-device bytes of params + Adam state (fp32 moments) of a
 ViT-L/16 (--quick: ViT-S/16), computed from abstract shapes and the
@@ -31,9 +31,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from big_vision_like import optim
+from big_vision_like import experiment
 from big_vision_like import sharding as sharding_lib
-from big_vision_like import train as train_lib
 
 # name -> (mesh, sharding_rules, sharding_strategy)
 FSDP_RULES = list(sharding_lib.FSDP_RULES)
@@ -47,14 +46,18 @@ SETUPS: dict[str, tuple[list, list | None, list]] = {
 STEP_SETUPS = ("replicated (DP)", "fsdp logical", "fsdp4 + tp2 logical")
 
 
-def _config(variant: str, rules: list | None, strategy: list) -> ml_collections.ConfigDict:
+def _experiment(mesh: list, variant: str, rules: list | None, strategy: list,
+                image_size: int, batch: int) -> experiment.Experiment:
+  """A ViT classifier experiment with Adam, built as train.py builds one."""
   config = ml_collections.ConfigDict(dict(
       model_name="vit", model=dict(variant=variant, num_classes=1000, pool_type="tok"),
-      loss="softmax_xent", optax_name="adam", lr=1e-3,
+      loss="softmax_xent", optax_name="adam", lr=1e-3, mesh=mesh,
       schedule=dict(decay_type="constant"), sharding_strategy=strategy))
   if rules:
     config.sharding_rules = rules
-  return config
+  spec = {"image": jax.ShapeDtypeStruct((image_size, image_size, 3), jnp.float32),
+          "labels": jax.ShapeDtypeStruct((1000,), jnp.float32)}
+  return experiment.build(config, input_spec=spec, total_steps=100, batch_size=batch)
 
 
 def _mib(n: float) -> str:
@@ -67,33 +70,19 @@ def memory_table(variant: str, image_size: int, materialize: tuple[str, ...]
   `materialize` are also created and measured."""
   rows = []
   for name, (mesh_cfg, rules, strategy) in SETUPS.items():
-    config = _config(variant, rules, strategy)
-    mesh = sharding_lib.make_mesh(mesh_cfg)
-    model = train_lib.build_model(config)
-    dummy = jnp.zeros((1, image_size, image_size, 3))
-    init = lambda: model.init(jax.random.key(0), dummy)["params"]  # noqa: E731
-    abstract_params = jax.eval_shape(init)
-    logical = sharding_lib.logical_axes(lambda: init())
-    psh = sharding_lib.param_shardings(abstract_params, mesh, strategy,
-                                       logical_axes=logical, rules=rules)
-    tx, _ = optim.make_optimizer(config, abstract_params, total_steps=10,
-                                 batch_size=8, num_examples=None)
-    abstract = jax.eval_shape(lambda p: {"params": p, "opt": tx.init(p)}, abstract_params)
-    ssh = sharding_lib.state_shardings(abstract, mesh, strategy, rules=rules,
-                                       like_params=psh)
+    exp = _experiment(mesh_cfg, variant, rules, strategy, image_size, batch=8)
+    abstract, ssh = exp.abstract_state, exp.state_shardings
     stats = {k: sharding_lib.memory_stats(abstract[k], ssh[k]) for k in ("params", "opt")}
-    row = dict(setup=name, mesh=" ".join(f"{a}={s}" for a, s in mesh.shape.items()),
-               num_params=sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params)),
+    row = dict(setup=name, mesh=" ".join(f"{a}={s}" for a, s in exp.mesh.shape.items()),
+               num_params=sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"])),
                params_total=stats["params"]["total_bytes"],
                params_dev=stats["params"]["max_device_bytes"],
                opt_dev=stats["opt"]["max_device_bytes"], measured_dev=None)
     if name in materialize:
-      params, _ = train_lib.init_params(model, (image_size, image_size, 3),
-                                        jax.random.key(0), mesh, strategy, rules=rules)
-      state, _, _ = train_lib.init_state(params, tx, mesh, strategy, rules=rules)
+      state = exp.init_state(exp.init_params(jax.random.key(0)))
       measured = {k: sharding_lib.memory_stats(state[k]) for k in ("params", "opt")}
       row["measured_dev"] = sum(m["max_device_bytes"] for m in measured.values())
-      del params, state
+      del state
     rows.append(row)
   return rows
 
@@ -107,18 +96,10 @@ def step_table(variant: str, image_size: int, batch: int, steps: int
           "labels": np.eye(1000, dtype=np.float32)[rng.integers(0, 1000, batch)]}
   for name in STEP_SETUPS:
     mesh_cfg, rules, strategy = SETUPS[name]
-    config = _config(variant, rules, strategy)
-    mesh = sharding_lib.make_mesh(mesh_cfg)
-    model = train_lib.build_model(config)
-    params, _ = train_lib.init_params(model, (image_size, image_size, 3),
-                                      jax.random.key(0), mesh, strategy, rules=rules)
-    tx, schedule = optim.make_optimizer(config, params, total_steps=100,
-                                        batch_size=batch, num_examples=None)
-    state, _, shardings = train_lib.init_state(params, tx, mesh, strategy, rules=rules)
-    bs = sharding_lib.batch_sharding(mesh, sharding_lib.data_axes(mesh))
-    step_fn = train_lib.jit_train_step(config, model, tx, schedule, mesh, shardings,
-                                       {k: bs for k in host})
-    gbatch = sharding_lib.put_process_local_batch(host, bs)
+    exp = _experiment(mesh_cfg, variant, rules, strategy, image_size, batch=batch)
+    state = exp.init_state(exp.init_params(jax.random.key(0)))
+    step_fn = exp.jit_train_step()
+    gbatch = sharding_lib.put_process_local_batch(host, exp.batch_sharding)
     key = jax.random.key(1)
     t0 = time.perf_counter()
     state, m = step_fn(state, gbatch, jnp.int32(0), key)
@@ -130,10 +111,10 @@ def step_table(variant: str, image_size: int, batch: int, steps: int
       state, m = step_fn(state, gbatch, jnp.int32(i + 1), key)
       jax.block_until_ready(m)
       times.append(time.perf_counter() - t0)
-    rows.append(dict(setup=name, mesh=" ".join(f"{a}={s}" for a, s in mesh.shape.items()),
+    rows.append(dict(setup=name, mesh=" ".join(f"{a}={s}" for a, s in exp.mesh.shape.items()),
                      compile_s=compile_s, step_s=statistics.median(times),
                      loss=float(m["train/loss"])))
-    del state, params
+    del state
   return rows
 
 

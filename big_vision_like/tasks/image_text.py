@@ -1,0 +1,62 @@
+"""Image-text (two-tower) training: CLIP, SigLIP and chunked SigLIP losses.
+
+The model embeds `image` and `text` (tokens); the loss (contrastive.py, tagged
+`image_text` in the loss registry) sees the whole global batch. Evaluators get
+a dict: "zimg" (when the batch has images), "ztxt" (when it has text), and the
+temperature "t" and bias "b". Mixup, gradient accumulation (fewer negatives
+per micro-batch would change the loss) and `init_head_bias` are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+
+from big_vision_like import errors
+from big_vision_like import registry
+from big_vision_like import tasks
+
+
+@registry.TASKS.register("image_text")
+class ImageText(tasks.Task):
+  """Two towers trained so that matching image and text embeddings agree."""
+
+  name = "image_text"
+  model_inputs = ("image", "text")
+  batch_keys = ("image", "text")
+
+  def check_config(self, config: Any) -> None:
+    super().check_config(config)
+    if config.get("mixup"):
+      raise errors.ConfigError("config.mixup is for classification; a two-tower "
+                               "model has no labels to mix")
+    if (config.get("grad_accum_steps") or 1) > 1:
+      raise errors.ConfigError(
+          "config.grad_accum_steps > 1 would change a contrastive loss (fewer negatives "
+          "per micro-batch); use a smaller batch or the chunked sigmoid loss instead")
+    if config.get("init_head_bias") is not None:
+      raise errors.ConfigError(
+          "config.init_head_bias is for classification heads; the sigmoid loss's "
+          "bias starts at config.model.bias_init")
+
+  def make_loss(self, model, mesh, data_axes):
+    loss_fn = registry.LOSSES.get(self.config.loss)(mesh, data_axes)
+
+    def loss(params, batch, rng):
+      zimg, ztxt, aux = model.apply({"params": params}, batch["image"], batch["text"],
+                                    train=True, rngs={"dropout": rng})
+      value, extra = loss_fn(zimg, ztxt, aux["t"], aux["b"])
+      return value, {"train/t": aux["t"], "train/b": aux["b"],
+                     **{f"train/{k}": v for k, v in extra.items()}}
+    return loss
+
+  def predict(self, model, params, batch: Mapping[str, jax.Array]) -> dict[str, Any]:
+    zimg, ztxt, aux = model.apply({"params": params}, batch.get("image"),
+                                  batch.get("text"), train=False)
+    out = {"t": aux["t"], "b": aux["b"]}
+    if zimg is not None:
+      out["zimg"] = zimg
+    if ztxt is not None:
+      out["ztxt"] = ztxt
+    return out
