@@ -5,7 +5,6 @@ bytes stored like ImageNet stores them; corrupt records are made by editing
 the written TFRecord files, as a bad disk or a truncated copy would.
 """
 
-import glob
 import io
 import json
 import os
@@ -19,7 +18,7 @@ import tensorflow_datasets as tfds
 
 from big_vision_like import config as config_lib
 from big_vision_like.data import input_pipeline, mixture, splits, tfds_source
-from big_vision_like.data import tfds_writer
+from tests.helpers import corrupt_records, free_port, read_jsonl, write_tfds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 24  # Examples per split of the small dataset.
@@ -42,31 +41,9 @@ def write_small(data_dir, name="small_jpegs", n=N):
     return [{"image": io.BytesIO(jpeg(10 * (i % N) + 5)), "label": i % N,
              "file_name": f"{split}/img_{i + offset:03d}.jpg"}
             for i in range(n)]
-  tfds_writer.write_dataset(
-      name, str(data_dir), {"train": examples("train", 0),
-                            "test": examples("test", 100)},
-      features=features, num_shards=2)
-  return {"name": name, "split": "train", "data_dir": str(data_dir)}
-
-
-def corrupt_records(data_dir, name, split, bad: dict[int, bytes]):
-  """Replaces the image bytes of records (index within the split)."""
-  files = sorted(glob.glob(os.path.join(
-      str(data_dir), name, "1.0.0", f"{name}-{split}.tfrecord-*")))
-  index = 0
-  for path in files:
-    records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
-    out = []
-    for record in records:
-      if index in bad:
-        example = tf.train.Example.FromString(record)
-        example.features.feature["image"].bytes_list.value[0] = bad[index]
-        record = example.SerializeToString()
-      out.append(record)
-      index += 1
-    with tf.io.TFRecordWriter(path) as w:
-      for record in out:
-        w.write(record)
+  return write_tfds(data_dir, name, {"train": examples("train", 0),
+                                     "test": examples("test", 100)},
+                    features, num_shards=2)
 
 
 @pytest.fixture(scope="module")
@@ -308,10 +285,7 @@ print("RESULT" + json.dumps({"train": train, "test": test,
 
 
 def test_two_real_processes_share_the_split_in_both_orders(small):
-  import socket
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
+  port = free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   procs = [subprocess.Popen(
       [sys.executable, "-c", _READER, f"localhost:{port}", str(i),
@@ -363,5 +337,5 @@ def test_vit_i1k_runlocal_trains_on_a_small_imagenet(tmp_path):
   assert result["step"] == 4
   assert result["val/num_examples"] == 16
   assert result["minival/num_examples"] == 2  # train[99%:] of 200
-  rows = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+  rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
   assert all(np.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)

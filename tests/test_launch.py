@@ -1,7 +1,6 @@
 """The launch scripts: Cloud TPU VM (dry run), SLURM (with a local srun), local N-process."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -9,14 +8,9 @@ import time
 import pytest
 
 from big_vision_like.tools import launch_local
+from tests.helpers import free_port, tiny_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def tpu(*args, **env):
@@ -105,12 +99,8 @@ def test_slurm_script_trains_with_jax_slurm_detection(fashion_mnist_data_dir, tm
              PYTHON=sys.executable, SLURM_NTASKS="2", SLURM_JOB_ID="77",
              JAX_COORDINATOR_PORT=str(free_port()), JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  overrides = [
-      "--config.model.depth=1", "--config.model.width=32", "--config.model.mlp_dim=64",
-      "--config.model.num_heads=2", f"--config.input.data.data_dir={fashion_mnist_data_dir}",
-      f"--config.evals.test.data.data_dir={fashion_mnist_data_dir}",
-      "--config.input.batch_size=32", "--config.input.shuffle_buffer_size=1000",
-      "--config.total_steps=3", "--config.log_training_steps=1", "--config.ckpt_steps=3"]
+  overrides = [f"--config.{o}" for o in tiny_overrides(
+      fashion_mnist_data_dir, total_steps=3, log_training_steps=1, ckpt_steps=3)]
   r = subprocess.run(["bash", "scripts/launch_slurm.sbatch", "configs/fashion_vit.py:runlocal",
                       workdir, *overrides], cwd=REPO, env=env, capture_output=True,
                      text=True, timeout=600)

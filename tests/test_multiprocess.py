@@ -6,41 +6,30 @@ local halves, only process 0 writes metrics/config, checkpoints are written
 jointly, and the evaluator still counts every test example exactly once.
 """
 
-import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
+from tests.helpers import free_port, read_jsonl, tiny_overrides
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def test_two_processes_train_with_disjoint_data(fashion_mnist_data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   port = free_port()
-  overrides = {
-      "model.depth": 1, "model.width": 32, "model.mlp_dim": 64, "model.num_heads": 2,
-      "input.data.data_dir": fashion_mnist_data_dir,
-      "evals.test.data.data_dir": fashion_mnist_data_dir,
-      "input.batch_size": 32, "input.shuffle_buffer_size": 1000,
-      "total_steps": 6, "log_training_steps": 1, "ckpt_steps": 3,
-      "evals.test.batch_size": 30,  # rounded up to 32 for 4 devices
-  }
+  overrides = tiny_overrides(
+      fashion_mnist_data_dir, total_steps=6, log_training_steps=1, ckpt_steps=3,
+      **{"evals.test.batch_size": 30})  # rounded up to 32 for 4 devices
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu")
   procs = [subprocess.Popen(
       [sys.executable, "-m", "big_vision_like.train",
        "--config", "configs/fashion_vit.py:runlocal", "--workdir", workdir,
        "--coordinator_address", f"localhost:{port}", "--num_processes", "2",
-       "--process_id", str(i)] + [f"--config.{k}={v}" for k, v in overrides.items()],
+       "--process_id", str(i)] + [f"--config.{o}" for o in overrides],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
   logs = [p.communicate(timeout=420)[0] for p in procs]
@@ -49,7 +38,7 @@ def test_two_processes_train_with_disjoint_data(fashion_mnist_data_dir, tmp_path
   assert "Devices: 4 (cpu), mesh {'data': 4}, 2 processes" in logs[0]
   assert "[p1]" in logs[1]  # log lines say which process speaks
 
-  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   losses = [r["train/loss"] for r in rows if "train/loss" in r]
   assert len(losses) == 6 and np.all(np.isfinite(losses))
   final_eval = [r for r in rows if "test/prec@1" in r][-1]

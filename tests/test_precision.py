@@ -7,7 +7,7 @@ import numpy as np
 
 from big_vision_like import sharding as sharding_lib
 from big_vision_like import train as train_lib
-from tests.test_train import read_jsonl, tiny_config
+from tests.helpers import read_jsonl, tiny_config
 
 
 def _leaves_named(tree, part):

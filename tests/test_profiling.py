@@ -8,7 +8,7 @@ import pytest
 from big_vision_like import config as config_lib
 from big_vision_like import profiling
 from big_vision_like import train as train_lib
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
 
 
 @pytest.mark.parametrize("spec, start, window", [
