@@ -9,7 +9,6 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
 
 import math  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
@@ -22,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from big_vision_like import contrastive  # noqa: E402
 from big_vision_like import sharding as sharding_lib  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -302,12 +302,6 @@ def test_get_loss_by_name(devices):
     contrastive.get_loss("chunked_siglip", mesh=mesh, axis="batch")
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def test_chunked_siglip_across_two_processes(tmp_path):
   """The ring spans processes: 2 processes x 2 CPU devices, one 'data' axis."""
   script = tmp_path / "worker.py"
@@ -342,7 +336,7 @@ def test_chunked_siglip_across_two_processes(tmp_path):
                 for k, w in want_m.items()),
             float(want_m["acc_img2txt"]), float(want_m["acc_txt2img"]))
   """))
-  port = _free_port()
+  port = free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   procs = [subprocess.Popen([sys.executable, str(script), str(port), str(i)], cwd=REPO,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,11 @@ import pytest
 
 from big_vision_like import distributed
 from big_vision_like import train as train_lib
+from tests.helpers import free_port, tiny_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {"BVL_COORDINATOR_ADDRESS": "localhost:1234", "BVL_NUM_PROCESSES": "2",
        "BVL_PROCESS_ID": "1"}
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- settings
@@ -118,12 +112,9 @@ def test_single_process_sigterm_is_a_local_flag():
 
 
 def _overrides(data_dir: str, total_steps: int) -> list[str]:
-  items = {"model.depth": 1, "model.width": 32, "model.mlp_dim": 64, "model.num_heads": 2,
-           "input.data.data_dir": data_dir, "evals.test.data.data_dir": data_dir,
-           "input.batch_size": 32, "input.shuffle_buffer_size": 1000,
-           "evals.test.batch_size": 100, "total_steps": total_steps,
-           "log_training_steps": 1, "ckpt_steps": 100_000}
-  return [f"--config.{k}={v}" for k, v in items.items()]
+  return [f"--config.{o}" for o in tiny_overrides(
+      data_dir, **{"evals.test.batch_size": 100}, total_steps=total_steps,
+      log_training_steps=1, ckpt_steps=100_000)]
 
 
 def _launch(workdir: str, data_dir: str, total_steps: int, *, use_env: bool,

@@ -21,9 +21,9 @@ from big_vision_like import config as config_lib
 from big_vision_like import losses as losses_lib
 from big_vision_like import mixup as mixup_lib
 from big_vision_like import train as train_lib
+from tests.helpers import TINY_MODEL, read_jsonl, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_MODEL = dict(depth=1, width=32, mlp_dim=64, num_heads=2)
 
 
 def constant_images(batch: int, height: int, width: int, channels: int = 2) -> np.ndarray:
@@ -400,31 +400,23 @@ def test_train_step_with_mixup_is_the_same_on_one_and_eight_devices():
 # ------------------------------------------------------------- end to end
 
 
-def tiny_config(data_dir: str, **extra):
-  config = config_lib.load_config(
-      "configs/fashion_vit.py:runlocal",
-      [f"model.{k}={v}" for k, v in TINY_MODEL.items()]
-      + [f"input.data.data_dir={data_dir}", f"evals.test.data.data_dir={data_dir}",
-         "input.batch_size=32", "input.shuffle_buffer_size=1000", "total_steps=4",
-         "log_training_steps=2"])
-  config.evals = {}  # the eval path is tested elsewhere; keep this run short
-  for key, value in extra.items():
-    config[key] = value
-  return config
+# 4 steps, 2 logged losses, no evals (the eval path is tested elsewhere).
+SHORT_RUN = dict(total_steps=4, log_training_steps=2, evals={})
 
 
 def test_train_with_mixup_runs_and_bad_config_fails_first(fashion_mnist_data_dir, tmp_path):
   mixup = dict(mixup_alpha=0.2, cutmix_alpha=1.0, switch_prob=0.5, mode="example")
-  config = tiny_config(fashion_mnist_data_dir, mixup=mixup)
+  config = tiny_config(fashion_mnist_data_dir, **SHORT_RUN, mixup=mixup)
   workdir = tmp_path / "run"
   out = train_lib.train(config, str(workdir))
   assert out["step"] == 4
-  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  rows = read_jsonl(workdir / "metrics.jsonl")
   losses = [r["train/loss"] for r in rows if "train/loss" in r]
   assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
   assert json.load(open(workdir / "config.json"))["mixup"] == mixup
 
-  bad = tiny_config(fashion_mnist_data_dir, mixup=dict(mixup_alpha=0.2, mode="global"))
+  bad = tiny_config(fashion_mnist_data_dir, **SHORT_RUN,
+                    mixup=dict(mixup_alpha=0.2, mode="global"))
   with pytest.raises(config_lib.ConfigError, match=r"config\.mixup\.mode"):
     train_lib.train(bad, str(tmp_path / "bad"))
   assert not (tmp_path / "bad").exists()  # failed before touching the workdir

@@ -29,6 +29,7 @@ from big_vision_like import train as train_lib  # noqa: E402
 from big_vision_like.data import imagenet_classes  # noqa: E402
 from big_vision_like.data import imagenet_variants as V  # noqa: E402
 from big_vision_like.tools import score_predictions  # noqa: E402
+from tests.helpers import write_imagenet_variants  # noqa: E402
 
 PP = "decode|resize(8)|value_range(-1, 1)"
 TABLE = np.random.default_rng(0).normal(size=(1000, 1000)).astype(np.float32)
@@ -47,17 +48,12 @@ PARAMS = {"table": jnp.asarray(TABLE)}
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("imagenet"))
-  V.write_small_variant("imagenet2012_real", d, image_size=8,
-                        examples_per_split={"validation": 37})
-  V.write_small_variant("imagenet2012_multilabel", d, image_size=8,
-                        examples_per_split={"validation": 29, "imagenet_m": 9})
-  V.write_small_variant("imagenet2012", d, image_size=8,
-                        examples_per_split={"validation": 41, "train": 2})
-  V.write_small_variant("imagenet_a", d, image_size=8, examples_per_split={"test": 23})
-  V.write_small_variant("imagenet_v2/matched-frequency", d, image_size=8,
-                        examples_per_split={"test": 19})
-  return d
+  return write_imagenet_variants(tmp_path_factory.mktemp("imagenet"), {
+      "imagenet2012_real": {"validation": 37},
+      "imagenet2012_multilabel": {"validation": 29, "imagenet_m": 9},
+      "imagenet2012": {"validation": 41, "train": 2},
+      "imagenet_a": {"test": 23},
+      "imagenet_v2/matched-frequency": {"test": 19}}, image_size=8)
 
 
 def raw(name, split, data_dir):
