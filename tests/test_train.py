@@ -21,37 +21,9 @@ from big_vision_like import checkpoint as ckpt_lib
 from big_vision_like import config as config_lib
 from big_vision_like import eval as eval_lib
 from big_vision_like import train as train_lib
+from tests.helpers import read_jsonl, tiny_config, tiny_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_MODEL = dict(depth=1, width=32, mlp_dim=64, num_heads=2)
-
-
-def tiny_overrides(data_dir, **extra):
-  """`--config.` overrides (without the prefix) for a tiny, fast run."""
-  items = dict(**{f"model.{k}": v for k, v in TINY_MODEL.items()},
-               **{"input.data.data_dir": data_dir, "evals.test.data.data_dir": data_dir,
-                  "input.batch_size": 32, "input.shuffle_buffer_size": 1000},
-               **extra)
-  return [f"{k}={v}" for k, v in items.items()]
-
-
-def tiny_config(data_dir, **extra):
-  """The runlocal config with a tiny model; `extra` may also add keys (a.b=v)."""
-  config = config_lib.load_config("configs/fashion_vit.py:runlocal",
-                                  tiny_overrides(data_dir))
-  for key, value in extra.items():
-    *parents, last = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    with node.ignore_type():
-      node[last] = value
-  return config
-
-
-def read_jsonl(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f]
 
 
 def test_train_writes_everything_and_eval_cli_agrees(fashion_mnist_data_dir, tmp_path):
