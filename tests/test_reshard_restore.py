@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -28,18 +27,13 @@ import numpy as np
 
 from big_vision_like import checkpoint
 from big_vision_like.tools import fault_injection
+from tests.helpers import free_port, read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FSDP = {"mesh": '[("data",1),("fsdp",-1)]',
         "sharding_strategy": '[(".*","fsdp(min_size_mb=0)")]'}
 REPLICATED = {"mesh": '[("data",-1)]', "sharding_strategy": '[(".*","replicate")]'}
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def _train(workdir, data_dir, *, processes: int, devices_each: int,
@@ -52,7 +46,7 @@ def _train(workdir, data_dir, *, processes: int, devices_each: int,
   cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
-  port = _free_port()
+  port = free_port()
   extra = lambda i: ([] if processes == 1 else [
       "--coordinator_address", f"localhost:{port}", "--num_processes",
       str(processes), "--process_id", str(i)])
@@ -113,7 +107,7 @@ def _resume_and_compare(tmp_path, data_dir, first: dict, second: dict):
   # Training went on: every param moved away from step 4.
   params = [n for n in final if n.startswith("params/")]
   assert params and all(not np.array_equal(final[n], saved4[n]) for n in params)
-  rows = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+  rows = read_jsonl(workdir / "metrics.jsonl")
   steps = [r["step"] for r in rows if "train/loss" in r]
   assert steps == list(range(1, 9)), steps
 

@@ -8,7 +8,6 @@ losses and end with the same parameters, up to the float reordering of
 cross-process vs in-process reductions.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 
 from big_vision_like import checkpoint as ckpt_lib
-from tests.test_train import tiny_overrides
+from tests.helpers import read_jsonl, tiny_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
@@ -40,7 +39,7 @@ def _launch_two(cmd, env):
 
 
 def _losses(workdir):
-  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   return np.array([r["train/loss"] for r in rows if "train/loss" in r])
 
 
