@@ -76,7 +76,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
           raise ValueError
         value = type(default)(value)
       except (TypeError, ValueError):
-        raise ConfigError(f"config argument {key}={raw!r} is not a "
+        raise ConfigError(f"config argument {key}={raw!r} is not of type "
                           f"{type(default).__name__}") from None
     out[key] = value
   return out

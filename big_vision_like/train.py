@@ -72,7 +72,8 @@ class TrainData:
     return input_pipeline.make_train_iterator(
         cfg.data, cfg.pp, cfg.batch_size, seed=self.config.seed, start_step=start_step,
         shuffle_buffer_size=cfg.shuffle_buffer_size, cache=cfg.cache, prefetch=cfg.prefetch,
-        skip_corrupt=cfg.skip_corrupt, order=cfg.order)
+        skip_corrupt=cfg.skip_corrupt, order=cfg.order,
+        num_steps=max(0, self.total_steps - start_step))
 
 
 def input_spec(it: input_pipeline.TrainIterator) -> dict[str, jax.ShapeDtypeStruct]:

@@ -4,7 +4,7 @@ import pytest
 
 from big_vision_like import config as config_lib
 from big_vision_like import registry
-from big_vision_like import train as train_lib
+from big_vision_like import experiment
 
 MAIN = "configs/fashion_vit.py"
 
@@ -45,7 +45,7 @@ def test_override_unknown_key_fails_with_known_keys():
   config = config_lib.load_config(MAIN, ["model.dpeth=2", "model.drop_path=0.1"])
   assert config.model.drop_path == 0.1
   with pytest.raises(config_lib.ConfigError, match=r"config\.model\.dpeth.*depth"):
-    train_lib.build_model(config)
+    experiment.build_model(config)
   with pytest.raises(config_lib.ConfigError, match=r"config\.optax\.b3.*Known keys: b2"):
     config_lib.load_config(MAIN, ["optax.b3=0.9"])
   with pytest.raises(config_lib.ConfigError, match=r"config\.inptu"):
@@ -104,7 +104,7 @@ def test_unknown_model_field_names_it():
   config = config_lib.load_config(MAIN)
   config.model.widht = 3
   with pytest.raises(config_lib.ConfigError, match=r"config\.model\.widht.*width"):
-    train_lib.build_model(config)
+    experiment.build_model(config)
 
 
 @pytest.mark.parametrize("spec", [
@@ -122,7 +122,7 @@ def test_unknown_model_field_names_it():
 def test_all_configs_validate(spec):
   config = config_lib.load_config(spec)
   config_lib.validate(config)
-  train_lib.build_model(config)
+  experiment.build_model(config)
 
 
 def test_vit_i1k_recipes():
@@ -138,8 +138,110 @@ def test_vit_i1k_recipes():
 
 def test_cli_distributed_flags_go_together(capsys):
   with pytest.raises(SystemExit):
-    train_lib.parse_cli(["--config", MAIN, "--workdir", "/tmp/x", "--num_processes", "2"])
+    config_lib.parse_cli(["--config", MAIN, "--workdir", "/tmp/x", "--num_processes", "2"])
   assert "go together" in capsys.readouterr().err
   with pytest.raises(SystemExit):
-    train_lib.parse_cli(["--config", MAIN, "--workdir", "/tmp/x", "--lr=3"])
+    config_lib.parse_cli(["--config", MAIN, "--workdir", "/tmp/x", "--lr=3"])
   assert "unrecognized argument '--lr=3'" in capsys.readouterr().err
+
+
+# --- Every key typed, honoured or refused (before anything is written) --------
+
+
+@pytest.mark.parametrize("override,message", [
+    ("input.batch_size=abc", r"config\.input\.batch_size='abc' must be int, not str"),
+    ("seed=1.5", r"config\.seed=1\.5 must be int, not float"),
+    ("lr=abc", r"config\.lr='abc' must be float, not str"),
+    ("ckpt_async=1", r"config\.ckpt_async=1 must be bool, not int"),
+    ("lr=1e999", r"config\.lr=inf must be finite"),
+    ("task='detection'", r"config\.task: Unknown task 'detection'.*classification, "
+                         r"image_text"),
+    ("loss='clip'", r"config\.loss='clip' is a loss of task 'image_text'; task "
+                    r"'classification' \(model 'vit'\) trains with one of sigmoid_xent, "
+                    r"softmax_xent"),
+    ("evals.test.save_predicitons=True", r"config\.evals\.test\.save_predicitons.*"
+                                         r"'save_predictions'"),
+])
+def test_types_and_names_are_checked_naming_the_key(override, message):
+  config = config_lib.load_config(MAIN, [override])
+  with pytest.raises(ValueError, match=message):
+    config_lib.resolve(config)
+
+
+def test_bad_value_writes_nothing(tmp_path):
+  from big_vision_like import train as train_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(MAIN + ":runlocal", ["lr=abc"])
+  with pytest.raises(config_lib.ConfigError, match=r"config\.lr='abc'"):
+    train_lib.train(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_override_errors_name_the_key():
+  with pytest.raises(config_lib.ConfigError, match=r"config\.input\.pp is a str, not a section"):
+    config_lib.load_config(MAIN, ["input.pp.x=1"])
+  with pytest.raises(config_lib.ConfigError, match=r"config argument epochs='2\.7' is not of type int"):
+    config_lib.load_config(MAIN + ":epochs=2.7")
+  assert config_lib.load_config(MAIN + ":epochs=3.0").total_epochs == 3
+
+
+def test_cli_space_form_and_evaluator_options():
+  config, workdir = config_lib.parse_cli([
+      "--config", MAIN, "--workdir", "/tmp/x", "--config.lr", "0.01",
+      "--config.evals.test.save_predictions=True", "--config.init_head_bias", "-6.9"])
+  assert (config.lr, workdir, config.init_head_bias) == (0.01, "/tmp/x", -6.9)
+  assert config.evals.test.save_predictions is True
+  config_lib.resolve(config)
+  with pytest.raises(SystemExit):
+    config_lib.parse_cli(["--config", MAIN, "--workdir", "/tmp/x", "--config.lr"])
+
+
+def test_evals_removed_or_selected():
+  config = config_lib.load_config(MAIN, ["evals.test=None"])
+  assert "test" not in config.evals
+  config_lib.resolve(config)
+  config = config_lib.load_config("configs/vit_i1k.py:evals=val+real")
+  assert set(config.evals) == {"val", "real"}
+  assert "reference" not in config.evals.real
+  config_lib.validate(config)
+  assert len(config_lib.load_config("configs/vit_i1k.py").evals) == 12
+  assert list(config_lib.load_config("configs/bit_i1k.py:runlocal,evals=minival").evals) == [
+      "minival"]
+  zero = config_lib.load_config("configs/image_text_b16.py:evals=real+a")
+  assert [ev.type for ev in zero.evals.values()] == ["zeroshot", "zeroshot"]
+  with pytest.raises(ValueError, match=r"evals='val\+reel'.*unknown scorecard evals \['reel'\]"):
+    config_lib.load_config("configs/vit_i1k.py:evals=val+reel")
+
+
+def test_duration_override_replaces_the_files_unit_and_defaults_fill_in():
+  config = config_lib.resolve(config_lib.load_config(MAIN, ["total_steps=3"]))
+  assert (config.total_steps, config.total_epochs) == (3, None)
+  # Defaults from the one table, readable as attributes.
+  assert (config.grad_accum_steps, config.keep_ckpt_last, config.input.order) == (
+      1, 3, "global")
+  assert config.mesh == [("data", -1)] or list(map(tuple, config.mesh)) == [("data", -1)]
+  config = config_lib.load_config(MAIN)
+  config.total_steps = 3
+  with pytest.raises(config_lib.ConfigError, match="only one of total_steps, total_epochs"):
+    config_lib.validate(config)
+
+
+def test_num_classes_is_honoured_or_refused():
+  config = config_lib.load_config(MAIN)
+  del config.model["num_classes"]
+  config.num_classes = 7
+  assert config_lib.resolve(config).model.num_classes == 7
+  assert experiment.build_model(config).num_classes == 7
+  config.model.num_classes = 10
+  with pytest.raises(config_lib.ConfigError, match=r"config\.num_classes=7 disagrees with "
+                                                   r"config\.model\.num_classes=10"):
+    config_lib.validate(config)
+  config = config_lib.load_config("configs/fashion_contrastive.py:runlocal")
+  config.num_classes = 7
+  with pytest.raises(config_lib.ConfigError, match=r"model 'two_tower' has no num_classes"):
+    config_lib.validate(config)
+
+
+def test_readme_config_table_is_generated_from_the_key_table():
+  table = config_lib.markdown_table()
+  assert "| `init_head_bias` | float | `None` |" in table
+  assert "| `input.batch_size` | int | required |" in table

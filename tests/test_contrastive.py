@@ -15,12 +15,15 @@ import textwrap  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from big_vision_like import contrastive  # noqa: E402
+from big_vision_like import registry  # noqa: E402
 from big_vision_like import sharding as sharding_lib  # noqa: E402
+from big_vision_like import tasks  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -280,26 +283,33 @@ def test_chunked_siglip_errors_name_the_culprit(devices):
     contrastive.siglip_loss(zimg, ztxt, jnp.ones((1, 2)), 0.0)
 
 
-def test_get_loss_by_name(devices):
+def test_losses_by_name(devices):
   mesh = sharding_lib.make_mesh([("data", 4), ("fsdp", 2)], devices)
   zimg, ztxt = _embeddings(16, 8, seed=4)
   want_clip, want_siglip = _numpy_losses(zimg, ztxt, 10.0, -5.0)
   axes = sharding_lib.data_axes(mesh)  # ("data", "fsdp"), as the trainer passes it
   for name, want in [("clip", want_clip), ("siglip", want_siglip),
                      ("chunked_siglip", want_siglip)]:
-    loss_fn = contrastive.get_loss(name, mesh=mesh, axis=axes)
+    assert registry.LOSSES.tags(name) == {"task": "image_text"}
+    loss_fn = registry.LOSSES.get(name)(mesh, axes)
     loss, metrics = jax.jit(loss_fn)(zimg, ztxt, jnp.array([10.0]), jnp.array([-5.0]))
     assert float(loss) == pytest.approx(want, rel=1e-5), name
     assert "acc_img2txt" in metrics
-  # A classification loss named for a two-tower model.
-  with pytest.raises(ValueError, match=r"config\.loss: Unknown contrastive loss name "
-                                       r"'softmax_xent'\. Known contrastive loss names: "
-                                       r"chunked_siglip, clip, siglip\.$"):
-    contrastive.get_loss("softmax_xent", mesh=mesh)
-  with pytest.raises(ValueError, match=r"Did you mean 'siglip'"):
-    contrastive.get_loss("siglp", mesh=mesh)
+  # A classification loss named for a two-tower model, and a typo.
+  config = ml_collections.ConfigDict(dict(model_name="two_tower", loss="softmax_xent"))
+  task = tasks.for_config(config)
+  assert task.name == "image_text"
+  with pytest.raises(ValueError, match=r"config\.loss='softmax_xent' is a loss of task "
+                                       r"'classification'; task 'image_text' \(model "
+                                       r"'two_tower'\) trains with one of chunked_siglip, "
+                                       r"clip, siglip$"):
+    task.check_config(config)
+  config.loss = "siglp"
+  with pytest.raises(ValueError, match=r"config\.loss: Unknown loss 'siglp'\. Did you mean "
+                                       r"'siglip'"):
+    task.check_config(config)
   with pytest.raises(ValueError, match=r"config\.loss='chunked_siglip': axis 'batch' is not"):
-    contrastive.get_loss("chunked_siglip", mesh=mesh, axis="batch")
+    registry.LOSSES.get("chunked_siglip")(mesh, "batch")
 
 
 def test_chunked_siglip_across_two_processes(tmp_path):

@@ -247,6 +247,26 @@ def test_resume_equals_uninterrupted_stream(tiny_data_dir, cache):
     assert_batches_equal(take(make(start), 20 - start), full[start:])
 
 
+def test_a_run_of_n_steps_reads_exactly_its_batches(tiny_data_dir):
+  # train.py asks for the steps it will take: the same batches as the endless
+  # stream, then the end (nothing past it is read or shuffled, so a run ending
+  # on an epoch boundary does not wait for the next epoch's shuffle buffer).
+  data = {**tiny("train"), "data_dir": tiny_data_dir}
+  endless = take(input_pipeline.make_train_iterator(data, AUG, 10, seed=3,
+                                                    shuffle_buffer_size=16), 12)
+  for start, n in ((0, 5), (3, 9), (7, 1)):  # 5 batches of 10 = exactly one epoch
+    it = input_pipeline.make_train_iterator(data, AUG, 10, seed=3, start_step=start,
+                                            shuffle_buffer_size=16, num_steps=n)
+    assert_batches_equal(list(it), endless[start:start + n])
+  mixture = [{**data, "weight": 2.0}, {**tiny("test"), "data_dir": tiny_data_dir,
+                                       "weight": 1.0}]
+  endless = take(input_pipeline.make_train_iterator(mixture, AUG, 4, seed=1,
+                                                    shuffle_buffer_size=16), 9)
+  it = input_pipeline.make_train_iterator(mixture, AUG, 4, seed=1, start_step=2,
+                                          shuffle_buffer_size=16, num_steps=7)
+  assert_batches_equal(list(it), endless[2:9])
+
+
 def test_cache_does_not_change_the_stream(tiny_data_dir):
   data = {**tiny("train"), "data_dir": tiny_data_dir}
   make = lambda cache: take(input_pipeline.make_train_iterator(

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from big_vision_like import distributed
-from big_vision_like import train as train_lib
+from big_vision_like import config as config_lib
 from tests.helpers import free_port, tiny_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +91,7 @@ def test_cli_reports_partial_env(monkeypatch, capsys):
   monkeypatch.delenv("BVL_COORDINATOR_ADDRESS", raising=False)
   monkeypatch.delenv("BVL_NUM_PROCESSES", raising=False)
   with pytest.raises(SystemExit):
-    train_lib.parse_cli(["--config", "configs/fashion_vit.py:runlocal", "--workdir", "/tmp/x"])
+    config_lib.parse_cli(["--config", "configs/fashion_vit.py:runlocal", "--workdir", "/tmp/x"])
   assert ("BVL_PROCESS_ID set but BVL_COORDINATOR_ADDRESS, BVL_NUM_PROCESSES missing"
           in capsys.readouterr().err)
 

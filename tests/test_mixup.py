@@ -12,15 +12,17 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 from flax import linen as nn
 
 from big_vision_like import config as config_lib
-from big_vision_like import losses as losses_lib
+from big_vision_like import experiment
 from big_vision_like import mixup as mixup_lib
 from big_vision_like import train as train_lib
+from big_vision_like.tasks import classification
 from tests.helpers import TINY_MODEL, read_jsonl, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -297,11 +299,14 @@ def test_train_step_mixes_the_global_batch_with_the_step_key():
   model, tx = _Linear(), optax.sgd(0.5)
   params = model.init(jax.random.key(0), batch["image"])["params"]
   state = {"params": params, "opt": tx.init(params)}
-  cfg = mixup_lib.MixupConfig(mixup_alpha=1.0, cutmix_alpha=1.0, mode="example")
+  mixup = dict(mixup_alpha=1.0, cutmix_alpha=1.0, mode="example")
+  cfg = mixup_lib.from_config(mixup)
   def step_fn(accum, mixup):
-    return jax.jit(train_lib.make_train_step(model, losses_lib.softmax_xent, tx,
-                                             lambda s: 0.5, accum, mixup=mixup))
-  mixed_step, plain_step = step_fn(1, cfg), step_fn(1, None)
+    task = classification.Classification(
+        ml_collections.ConfigDict(dict(loss="softmax_xent", mixup=mixup)))
+    return jax.jit(experiment.make_train_step(task, task.make_loss(model, None, None), tx,
+                                              lambda s: 0.5, accum))
+  mixed_step, plain_step = step_fn(1, mixup), step_fn(1, None)
   base, step = jax.random.key(1), jnp.int32(3)
   mixed_state, mixed = mixed_step(state, batch, step, base)
   # The plain step on the batch mixed with step_key(base_rng, step), up to
@@ -319,7 +324,7 @@ def test_train_step_mixes_the_global_batch_with_the_step_key():
   assert next_step["train/loss"] != mixed["train/loss"]  # a fresh draw every step
   # Gradient accumulation: the whole batch is mixed once, then split, so four
   # micro-batches give the update of one full (mixed) batch.
-  accum_state, accum = step_fn(4, cfg)(state, batch, step, base)
+  accum_state, accum = step_fn(4, mixup)(state, batch, step, base)
   np.testing.assert_allclose(accum["train/loss"], mixed["train/loss"], rtol=1e-6)
   jax.tree.map(close, accum_state["params"], mixed_state["params"])
 
@@ -327,28 +332,25 @@ def test_train_step_mixes_the_global_batch_with_the_step_key():
 _STEP_SCRIPT = """
 import hashlib, json
 import jax, jax.numpy as jnp, numpy as np
-from big_vision_like import config as config_lib, mixup as mixup_lib, optim
-from big_vision_like import sharding as sharding_lib, train as train_lib
+from big_vision_like import config as config_lib, experiment, mixup as mixup_lib
+from big_vision_like import sharding as sharding_lib
 
 config = config_lib.load_config("configs/fashion_vit.py:runlocal", {overrides!r})
 config.schedule = dict(warmup_steps=0, decay_type="constant")  # step 0 already learns
 config.mixup = dict(mixup_alpha=0.5, cutmix_alpha=1.0, mode="example", prob=0.9)
-mesh = sharding_lib.make_mesh([("data", -1)])
-bs = sharding_lib.batch_sharding(mesh, ("data",))
-model = train_lib.build_model(config)
+config.mesh = [("data", -1)]
 rng = np.random.default_rng(0)
 host = {{"image": rng.uniform(-1, 1, (32, 28, 28, 1)).astype(np.float32),
         "labels": np.eye(10, dtype=np.float32)[rng.integers(0, 10, 32)]}}
+exp = experiment.build(
+    config, total_steps=10, batch_size=32,
+    input_spec={{k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in host.items()}})
+bs = exp.batch_sharding
 batch = sharding_lib.put_process_local_batch(host, bs)
 
 def losses():
-  strategy = [(".*", "replicate")]
-  params, _ = train_lib.init_params(model, (28, 28, 1), jax.random.key(0), mesh, strategy)
-  tx, schedule = optim.make_optimizer(config, params, total_steps=10, batch_size=32,
-                                      num_examples=None)
-  state, _, shardings = train_lib.init_state(params, tx, mesh, strategy)
-  step_fn = train_lib.jit_train_step(config, model, tx, schedule, mesh, shardings,
-                                     {{k: bs for k in host}})
+  state = exp.init_state(exp.init_params(jax.random.key(0)))
+  step_fn = exp.jit_train_step()
   out = []
   for i in range(2):
     state, m = step_fn(state, batch, jnp.int32(i), jax.random.key(1))

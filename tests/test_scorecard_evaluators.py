@@ -22,10 +22,10 @@ import pytest  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from big_vision_like import config as config_lib  # noqa: E402
+from big_vision_like import evaluators as evaluators_lib  # noqa: E402
 from big_vision_like import metrics as metrics_lib  # noqa: E402
 from big_vision_like import registry  # noqa: E402
 from big_vision_like import sharding as sharding_lib  # noqa: E402
-from big_vision_like import train as train_lib  # noqa: E402
 from big_vision_like.data import imagenet_classes  # noqa: E402
 from big_vision_like.data import imagenet_variants as V  # noqa: E402
 from big_vision_like.tools import score_predictions  # noqa: E402
@@ -260,11 +260,11 @@ def test_per_class_view_and_reference_drop_reach_tensorboard(data_dir, tmp_path)
 
   def predict(params, batch):
     return params["table"][batch["label"]]
-  evaluators = train_lib.make_evaluators(config, predict, mesh, ("data",), batch_size=8,
+  evaluators = evaluators_lib.make_evaluators(config, predict, mesh, ("data",), batch_size=8,
                                          total_steps=10, num_train_examples=2,
                                          workdir=str(tmp_path))
   writer = metrics_lib.MetricWriter(str(tmp_path))
-  results = train_lib.run_evals(evaluators, PARAMS, 10, writer)
+  results = evaluators_lib.run_evals(evaluators, PARAMS, 10, writer)
   writer.close()
   assert results["a/drop/prec@1"] == pytest.approx(
       results["val/prec@1"] - results["a/prec@1"])
@@ -293,7 +293,7 @@ def test_reference_must_exist_and_run_at_the_same_steps(data_dir):
                 data=dict(name="imagenet_a", split="test", data_dir=data_dir))}})
   mesh = sharding_lib.make_mesh([("data", -1)])
   with pytest.raises(config_lib.ConfigError, match="no evaluator 'val'"):
-    train_lib.make_evaluators(config, predict_by("label"), mesh, ("data",),
+    evaluators_lib.make_evaluators(config, predict_by("label"), mesh, ("data",),
                               batch_size=8, total_steps=10, num_train_examples=2)
 
 
@@ -319,11 +319,11 @@ def test_one_line_scorecard_runs_every_imagenet_evaluation(tmp_path):
   def predict(params, batch):
     key = "label" if "label" in batch else "original_label"
     return params["table"][batch[key]]
-  evaluators = train_lib.make_evaluators(config, predict, mesh, ("data",), batch_size=4,
+  evaluators = evaluators_lib.make_evaluators(config, predict, mesh, ("data",), batch_size=4,
                                          total_steps=100, num_train_examples=9,
                                          workdir=str(tmp_path / "work"))
   writer = metrics_lib.MetricWriter(str(tmp_path / "work"))
-  results = train_lib.run_evals(evaluators, PARAMS, 100, writer)
+  results = evaluators_lib.run_evals(evaluators, PARAMS, 100, writer)
   writer.close()
   for key in ("val/prec@1", "val/accuracy_per_class", "minival/prec@1", "real/real@1",
               "real/multi_label_fraction", "multilabel/accuracy_per_class",

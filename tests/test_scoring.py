@@ -1,6 +1,6 @@
 """Scoring, label sources and report.score against values worked out by hand.
 
-Every metric in DESIGN.md "Metric definitions" is checked on arrays small
+Every metric of scoring.py's "Metric definitions" is checked on arrays small
 enough that the expected number is derived in the comments; the larger random
 cases compare against a plain numpy reference written here. Two tests use the
 real ImageNet files of the repository (the packaged ReaL labels and the
@@ -368,7 +368,7 @@ def test_calibration_bad_num_bins():
 
 
 def test_calibration_rejects_labels_out_of_range():
-  # DESIGN.md: "never a silent wrong number". Label -1 of 3 classes must not be
+  # Never a silent wrong number: Label -1 of 3 classes must not be
   # read as the last class (NLL/Brier of class 2), nor 5 give NaN metrics.
   logits = np.array([[0.0, 1.0, 2.0]], np.float32)
   for bad in (-1, 5):

@@ -203,8 +203,7 @@ def test_hybrid_device_array_is_slice_major():
 def test_logical_rules_and_hybrid_mesh_on_eight_devices():
   out = run_with_devices(8, """
       import jax, jax.numpy as jnp, ml_collections, numpy as np
-      from big_vision_like import optim, sharding as s, train
-      from big_vision_like.models import vit
+      from big_vision_like import experiment, sharding as s
 
       # Hybrid mesh on CPU: one process = one granule (slice).
       mesh = s.make_mesh([("data", -1), ("model", 2)], dcn=[("data", 1)])
@@ -214,12 +213,13 @@ def test_logical_rules_and_hybrid_mesh_on_eight_devices():
       except ValueError as e:
         print("dcn_error", e)
 
-      model = vit.ViT(variant="mu/4", depth=2, num_classes=8, pool_type="gap",
-                      head_zeroinit=False)
+      model_fields = dict(variant="mu/4", depth=2, num_classes=8, pool_type="gap",
+                          head_zeroinit=False)
       shape = (16, 16, 3)
       rng = np.random.default_rng(0)
       host = {"image": rng.normal(size=(16, *shape)).astype(np.float32),
               "labels": np.eye(8, dtype=np.float32)[rng.integers(0, 8, 16)]}
+      spec = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in host.items()}
       FSDP = [("embed", "fsdp")]
       TP = [("embed", "fsdp"), ("mlp", "model"), ("heads", "model")]
       setups = {"dp": ([("data", 8)], None, [(".*", "replicate")]),
@@ -229,6 +229,7 @@ def test_logical_rules_and_hybrid_mesh_on_eight_devices():
       results = {}
       for name, (mesh_cfg, rules, strategy) in setups.items():
         config = ml_collections.ConfigDict(dict(
+            model_name="vit", model=model_fields, mesh=mesh_cfg, sharding_strategy=strategy,
             loss="softmax_xent", optax_name="adam", lr=0.1,
             # eps >> the ~1e-9 float noise in the (mathematically zero) key-bias
             # gradient, which adam would otherwise blow up to +-lr.
@@ -236,16 +237,10 @@ def test_logical_rules_and_hybrid_mesh_on_eight_devices():
             schedule=dict(decay_type="constant")))
         if rules:
           config.sharding_rules = rules
-        mesh = s.make_mesh(mesh_cfg)
-        params, psh = train.init_params(model, shape, jax.random.key(0), mesh, strategy,
-                                        rules=rules)
-        tx, sched = optim.make_optimizer(config, params, total_steps=10, batch_size=16,
-                                         num_examples=None)
-        state, _, ssh = train.init_state(params, tx, mesh, strategy, rules=rules)
-        bs = s.batch_sharding(mesh, s.data_axes(mesh))
-        step = train.jit_train_step(config, model, tx, sched, mesh, ssh,
-                                    {k: bs for k in host})
-        batch = s.put_process_local_batch(host, bs)
+        exp = experiment.build(config, input_spec=spec, total_steps=10, batch_size=16)
+        state = exp.init_state(exp.init_params(jax.random.key(0)))
+        step = exp.jit_train_step()
+        batch = s.put_process_local_batch(host, exp.batch_sharding)
         hlo = step.lower(state, batch, jnp.int32(0), jax.random.key(1)).as_text()
         losses = []
         for i in range(2):
@@ -274,19 +269,20 @@ def test_logical_rules_and_hybrid_mesh_on_eight_devices():
       print("losses", results["dp"][0])
 
       # The predict fn under the TP rules (the evaluators jit it) = plain logits.
-      tp_predict = train.make_predict_fn(model, mesh=mesh, rules=TP)
+      tp_predict = exp.predict_fn
+      plain = lambda p, b: exp.model.apply({"params": p}, b["image"], train=False)[0]
       x = {"image": jnp.asarray(host["image"])}
       np.testing.assert_allclose(jax.jit(tp_predict)(state["params"], x),
-                                 jax.jit(train.make_predict_fn(model))(state["params"], x),
+                                 jax.jit(plain)(state["params"], x),
                                  rtol=1e-5, atol=1e-6)
       print("predict ok", "model" in str(jax.jit(tp_predict).lower(state["params"], x).as_text()))
 
       # Errors: a mesh axis that does not divide the dimension.
-      mesh = s.make_mesh([("data", 1), ("model", 8)])
       try:
-        train.init_params(vit.ViT(variant="mu/4", num_classes=8), shape,
-                          jax.random.key(0), mesh, [(".*", "logical")],
-                          rules=[("heads", "model")])
+        experiment.build(ml_collections.ConfigDict(dict(
+            model_name="vit", model=dict(variant="mu/4", num_classes=8), loss="softmax_xent",
+            mesh=[("data", 1), ("model", 8)], sharding_strategy=[(".*", "logical")],
+            sharding_rules=[("heads", "model")])), input_spec=spec)
       except ValueError as e:
         print("divide_error", e)
   """)
@@ -331,15 +327,14 @@ def test_named_layouts_shard_a_vit_as_documented():
     sharding_lib.layout("tp")
   out = run_with_devices(8, """
       import jax, ml_collections
-      from big_vision_like import sharding, train
-      from big_vision_like.models import vit
+      from big_vision_like import experiment, sharding
       for name in sharding.LAYOUTS:
         cfg = sharding.layout(name)
-        mesh = sharding.make_mesh(cfg["mesh"])
-        strategy = sharding.strategy_from_config(ml_collections.ConfigDict(cfg))
-        model = vit.ViT(variant="mu/4", width=64, mlp_dim=128, num_heads=2, num_classes=10)
-        _, sh = train.init_params(model, (8, 8, 3), jax.random.key(0), mesh, strategy,
-                                  rules=cfg["sharding_rules"])
+        exp = experiment.build(ml_collections.ConfigDict(dict(
+            cfg, model_name="vit", loss="softmax_xent", model=dict(
+                variant="mu/4", width=64, mlp_dim=128, num_heads=2, num_classes=10))),
+            input_spec={"image": jax.ShapeDtypeStruct((8, 8, 3), "float32")})
+        mesh, sh = exp.mesh, exp.param_shardings
         block = sh["Transformer"]["encoderblock_0"]
         print(name, dict(mesh.shape), block["MlpBlock_0"]["Dense_0"]["kernel"].spec,
               block["MultiHeadDotProductAttention_0"]["query"]["kernel"].spec)

@@ -35,16 +35,12 @@ def test_task_comes_from_the_model_or_the_config():
 
 
 def test_init_head_bias_sets_the_head_bias_at_init():
-  for model_name, model in [("vit", None), ("resnet", dict(depth=26, width=0.25,
-                                                           num_classes=10))]:
-    config = _config(init_head_bias=-6.9, loss="sigmoid_xent", model_name=model_name)
-    if model:
-      config.model = model
+  for spec in ("configs/fashion_vit.py:runlocal", "configs/fashion_resnet.py:runlocal"):
+    config = config_lib.load_config(spec, ["init_head_bias=-6.9", "loss='sigmoid_xent'"])
     exp = experiment.build(config, input_spec=IMAGE, total_steps=10)
     params = exp.init_state()["params"]
     np.testing.assert_array_equal(params["head"]["bias"], np.full((10,), -6.9, np.float32))
-    plain = experiment.build(_config(model_name=model_name, **(
-        {"model": model} if model else {})), input_spec=IMAGE).init_params()
+    plain = experiment.build(config_lib.load_config(spec), input_spec=IMAGE).init_params()
     assert not np.any(np.asarray(plain["head"]["bias"]) == -6.9)
 
 
@@ -76,15 +72,14 @@ def test_tasks_refuse_what_they_cannot_honour():
     config[key] = value
     with pytest.raises(config_lib.ConfigError, match=message):
       config_lib.validate(config)
-  config = _config(model_name="two_tower", task="classification", model={})
-  with pytest.raises(config_lib.ConfigError, match=r"task 'classification' feeds batch key "
-                                                   r"'image'|must produce"):
-    experiment.build(config, input_spec={}, total_steps=3)
-  config = _config(init_head_bias=-6.9, model_name="text_transformer",
-                   model=dict(variant="Ti", vocab_size=16, num_classes=4))
-  with pytest.raises(config_lib.ConfigError, match=r"init_head_bias=-6.9: model "
-                                                   r"'text_transformer' has no head/bias"):
-    experiment.build(config, input_spec={"image": jax.ShapeDtypeStruct((8,), jnp.int32)})
+  config = _config(task="image_text")  # a ViT cannot embed text
+  with pytest.raises(config_lib.ConfigError, match=r"must produce 'text' for task 'image_text'"):
+    experiment.build(config, input_spec=IMAGE, total_steps=3)
+  config = _config(init_head_bias=-6.9)
+  config.model.num_classes = 0  # a feature extractor: no head
+  with pytest.raises(config_lib.ConfigError, match=r"init_head_bias=-6.9: model 'vit' has no "
+                                                   r"head/bias parameter"):
+    experiment.build(config, input_spec=IMAGE)
 
 
 def test_training_input_must_hold_the_task_keys():

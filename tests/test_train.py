@@ -73,11 +73,16 @@ def test_train_writes_everything_and_eval_cli_agrees(fashion_mnist_data_dir, tmp
   cli = json.loads(proc.stdout[proc.stdout.index("{"):])
   assert cli["step"] == 20
   assert cli["test/prec@1"] == pytest.approx(out["test/prec@1"], abs=1e-7)
+  # eval.py never touches the training data (the checkpoint records the
+  # model's input shapes), so it works where only the eval data exists.
+  config.input.data = dict(name="no_such_dataset", split="train")
+  assert eval_lib.evaluate(config, workdir)["test/prec@1"] == results["test/prec@1"]
   # A training pp without a fixed output size cannot define the model's input.
+  config = tiny_config(fashion_mnist_data_dir)
   config.input.pp = ("decode(1)|inception_crop|value_range(-1, 1)"
                      "|onehot(10, key='label', key_result='labels')")
   with pytest.raises(ValueError, match=r"config\.input\.pp gives 'image' of unknown shape"):
-    eval_lib.evaluate(config, workdir)
+    train_lib.train(config, str(tmp_path / "bad_pp"))
 
 
 def test_eval_without_checkpoint_fails_clearly(fashion_mnist_data_dir, tmp_path):

@@ -251,9 +251,9 @@ def test_bad_config_fails_naming_the_culprit(data_dir, tmp_path):
 
 
 def test_scorecard_helper_makes_every_eval_zeroshot():
-  evals = zeroshot.imagenet_scorecard(pp_image="decode|resize(8)", log_steps=10,
-                                      prompts=["a photo of a {}."], pp_txt=PP_TXT,
-                                      ensemble="weighted")
+  evals = scorecard.imagenet(pp_image="decode|resize(8)", log_steps=10, evaluator="zeroshot",
+                             extra=dict(class_names="imagenet2012", prompts=["a photo of a {}."],
+                                        pp_txt=PP_TXT, ensemble="weighted"))
   assert set(evals) == set(scorecard.NAMES)
   assert all(ev["type"] == "zeroshot" for ev in evals.values())
   assert evals["real"]["scorer"] == "multilabel" and evals["real"]["set_key"] == "real_label"
@@ -267,20 +267,26 @@ def test_scorecard_helper_makes_every_eval_zeroshot():
 
 
 def test_real_two_tower_model_through_the_train_predict_fn(tmp_path):
-  """The evaluator on a (random) TwoTower via `train.make_predict_fn`, on the
+  """The evaluator on a (random) TwoTower via the experiment's predict_fn, on the
   embedded `fashion_mnist_captions`, against the same model applied by hand."""
   import jax  # pylint: disable=g-import-not-at-top
-  from big_vision_like import train  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from big_vision_like import experiment  # pylint: disable=g-import-not-at-top
   source = write_fashion_mnist_source(tmp_path / "source")
   data_dir = fashion_captions.prepare(str(tmp_path / "tfds"), source)
   tiny = dict(width=32, depth=1, mlp_dim=64, num_heads=2)
-  model = registry.MODELS.get("two_tower")(
-      image_model="vit", image=dict(variant="Ti/7", **tiny),
-      text=dict(vocab_size=259, **tiny), embed_dim=16)
-  mesh = sharding_lib.make_mesh([("data", -1)])
-  params, _ = train.init_params(model, {"image": (28, 28, 3), "text": (16,)},
-                                jax.random.key(0), mesh, [(".*", "replicate")])
-  predict_fn = train.make_predict_fn(model, (-1, 1))
+  config = ml_collections.ConfigDict(dict(
+      model_name="two_tower", loss="siglip", mesh=[("data", -1)], device_value_range=(-1, 1),
+      model=dict(image_model="vit", image=dict(variant="Ti/7", **tiny),
+                 text=dict(vocab_size=259, **tiny), embed_dim=16)))
+  exp = experiment.build(config, input_spec={
+      "image": jax.ShapeDtypeStruct((28, 28, 3), jnp.float32),
+      "text": jax.ShapeDtypeStruct((16,), jnp.int32)})
+  assert exp.task.name == "image_text"
+  mesh = exp.mesh
+  params = exp.init_params(jax.random.key(0))
+  predict_fn = exp.predict_fn
   ev = registry.EVALUATORS.get("zeroshot")(
       predict_fn, data=dict(name="fashion_mnist_captions", split="test", data_dir=data_dir),
       pp="decode|keep('image', 'label')", batch_size=8, mesh=mesh, data_axes=("data",),
