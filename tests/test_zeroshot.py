@@ -258,7 +258,7 @@ def test_scorecard_helper_makes_every_eval_zeroshot():
   assert all(ev["type"] == "zeroshot" for ev in evals.values())
   assert evals["real"]["scorer"] == "multilabel" and evals["real"]["set_key"] == "real_label"
   assert evals["calibration"]["scorer"] == "calibration"
-  assert evals["a"]["scorer"] == "classification"
+  assert evals["a"].get("scorer", "classification") == "classification"  # the default
   assert evals["a"]["class_subset"] == "imagenet_a"
   assert evals["val"]["class_names"] == "imagenet2012"
   assert all(ev["ensemble"] == "weighted" for ev in evals.values())
