@@ -12,6 +12,7 @@ Registries import the modules that populate them lazily (on first lookup), so
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any, Callable, Iterable
 
 from big_vision_like.errors import UnknownNameError, unknown_name_message  # pylint: disable=unused-import
@@ -57,7 +58,12 @@ class Registry:
     # import must fail every lookup loudly, not leave a half-filled registry.
     if not self._loaded:
       for module in self._modules:
-        importlib.import_module(module)
+        if module.endswith(".*"):  # Every module of a package (tasks/: one file each).
+          package = importlib.import_module(module[:-2])
+          for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+        else:
+          importlib.import_module(module)
       self._loaded = True
 
   def names(self) -> list[str]:
@@ -83,8 +89,7 @@ MODELS = Registry("model", ["big_vision_like.models.vit",
                             "big_vision_like.models.two_tower"])
 # Each loss is tagged with the task that trains with it (tasks/).
 LOSSES = Registry("loss", ["big_vision_like.losses", "big_vision_like.contrastive"])
-TASKS = Registry("task", ["big_vision_like.tasks.classification",
-                          "big_vision_like.tasks.image_text"])
+TASKS = Registry("task", ["big_vision_like.tasks.*"])  # a new task is a new file there
 PP_OPS = Registry("pp op", ["big_vision_like.pp.ops_general",
                             "big_vision_like.pp.ops_image",
                             "big_vision_like.pp.randaug",
