@@ -54,12 +54,8 @@ def test_init_head_bias_trains_from_the_sigmoid_prior(fashion_mnist_data_dir, tm
   (row,) = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r]
   p = 1 / (1 + math.exp(6.9))
   want = -math.log(p) - 9 * math.log(1 - p)  # one positive, nine negatives
+  # (6.910; without the bias the zero head gives 10 log 2 = 6.931, 0.3% more.)
   assert row["train/loss"] == pytest.approx(want, rel=1e-4)
-  without = tiny_config(fashion_mnist_data_dir, total_steps=1, log_training_steps=1,
-                        ckpt_steps=1, loss="sigmoid_xent", evals={})
-  train_lib.train(without, str(tmp_path / "plain"))
-  (row,) = [r for r in read_jsonl(tmp_path / "plain" / "metrics.jsonl") if "train/loss" in r]
-  assert row["train/loss"] == pytest.approx(10 * math.log(2), rel=1e-3)
 
 
 def test_tasks_refuse_what_they_cannot_honour():
