@@ -90,6 +90,30 @@ def head_output(pre_logits: jax.Array, aux: dict[str, jax.Array],
   return logits, aux
 
 
+def quick_gelu(x: jax.Array) -> jax.Array:
+  """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP was trained with."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+# The MLP activations a model may name (`mlp_act`). Published weights need the
+# one they were trained with: big_vision uses tanh-approximated GELU, timm and
+# open_clip's LAION models the exact (erf) GELU, OpenAI's CLIP QuickGELU.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "quick_gelu": quick_gelu,
+    "relu": nn.relu,
+}
+
+
+def activation(name: str, field: str = "mlp_act") -> Callable[[jax.Array], jax.Array]:
+  """The activation called `name`; unknown names fail naming the config field."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f"model.{field}={name!r} is unknown; known values: "
+                     f"{', '.join(ACTIVATIONS)}.")
+  return ACTIVATIONS[name]
+
+
 # ---------------------------------------------------------------------------
 # Logical axis names (MaxText-style sharding).
 #
@@ -188,8 +212,11 @@ def dense(features: int, names: tuple[str | None, str | None], *,
                   bias_init=logical(bias_init, names[1:]))
 
 
-def layer_norm(name: str | None = None) -> nn.LayerNorm:
-  """LayerNorm with logically named ("norm") scale and bias."""
-  return nn.LayerNorm(name=name,
+def layer_norm(name: str | None = None, eps: float = 1e-6) -> nn.LayerNorm:
+  """LayerNorm with logically named ("norm") scale and bias.
+
+  `eps` is 1e-6 in big_vision and timm's ViTs, 1e-5 (torch's default) in CLIP.
+  """
+  return nn.LayerNorm(name=name, epsilon=eps,
                       scale_init=logical(nn.initializers.ones, ("norm",)),
                       bias_init=logical(nn.initializers.zeros, ("norm",)))

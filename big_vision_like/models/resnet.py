@@ -40,6 +40,11 @@ BLOCKS_PER_STAGE: dict[int, tuple[int, int, int, int]] = {
     200: (3, 24, 36, 3),
 }
 STEMS = ("imagenet", "small", "small_s2")
+# "same": XLA's SAME padding (extra row/column at the end for even inputs).
+# "symmetric": torch-style (stride - 1 + kernel - 1) // 2 on every side and a
+# zero-padded stem max-pool, as the published BiT weights were trained with
+# (timm's resnetv2_*_bit): needed to reproduce their logits exactly.
+PADDINGS = ("same", "symmetric")
 BASE_WIDTH = 64  # stem channels and first-stage bottleneck channels at width=1
 NUM_GROUPS = 32
 
@@ -55,6 +60,8 @@ class StdConv(nn.Module):
   kernel_size: tuple[int, int]
   strides: tuple[int, int] = (1, 1)
   dtype: Any = jnp.float32
+  padding: str = "same"
+  eps: float = 1e-10
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -64,16 +71,20 @@ class StdConv(nn.Module):
                         shape, jnp.float32)
     mean = jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
     var = jnp.var(kernel, axis=(0, 1, 2), keepdims=True)
-    kernel = (kernel - mean) * jax.lax.rsqrt(var + 1e-10)
+    kernel = (kernel - mean) * jax.lax.rsqrt(var + self.eps)
+    if self.padding == "symmetric":
+      pad = [((s - 1 + k - 1) // 2,) * 2 for k, s in zip(self.kernel_size, self.strides)]
+    else:
+      pad = "SAME"
     return jax.lax.conv_general_dilated(
         x.astype(self.dtype), kernel.astype(self.dtype),
-        window_strides=self.strides, padding="SAME",
+        window_strides=self.strides, padding=pad,
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def group_norm(num_groups: int, name: str) -> nn.GroupNorm:
+def group_norm(num_groups: int, name: str, eps: float = 1e-6) -> nn.GroupNorm:
   """GroupNorm with logically named ("norm") scale and bias."""
-  return nn.GroupNorm(num_groups=num_groups, name=name,
+  return nn.GroupNorm(num_groups=num_groups, name=name, epsilon=eps,
                       scale_init=common.logical(nn.initializers.ones, ("norm",)),
                       bias_init=common.logical(nn.initializers.zeros, ("norm",)))
 
@@ -91,22 +102,26 @@ class BottleneckBlock(nn.Module):
   strides: tuple[int, int] = (1, 1)
   dtype: Any = jnp.float32
   num_groups: int = NUM_GROUPS
+  padding: str = "same"
+  std_eps: float = 1e-10
+  gn_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     out_channels = 4 * self.mid_channels
-    pre = nn.relu(group_norm(self.num_groups, "gn1")(x))
+    conv = lambda *a, **kw: StdConv(*a, dtype=self.dtype, padding=self.padding,
+                                    eps=self.std_eps, **kw)
+    norm = lambda name: group_norm(self.num_groups, name, self.gn_eps)
+    pre = nn.relu(norm("gn1")(x))
     if x.shape[-1] != out_channels or self.strides != (1, 1):
-      shortcut = StdConv(out_channels, (1, 1), self.strides, self.dtype,
-                         name="conv_proj")(pre)
+      shortcut = conv(out_channels, (1, 1), self.strides, name="conv_proj")(pre)
     else:
       shortcut = x
-    y = StdConv(self.mid_channels, (1, 1), dtype=self.dtype, name="conv1")(pre)
-    y = nn.relu(group_norm(self.num_groups, "gn2")(y))
-    y = StdConv(self.mid_channels, (3, 3), self.strides, self.dtype,
-                name="conv2")(y)
-    y = nn.relu(group_norm(self.num_groups, "gn3")(y))
-    y = StdConv(out_channels, (1, 1), dtype=self.dtype, name="conv3")(y)
+    y = conv(self.mid_channels, (1, 1), name="conv1")(pre)
+    y = nn.relu(norm("gn2")(y))
+    y = conv(self.mid_channels, (3, 3), self.strides, name="conv2")(y)
+    y = nn.relu(norm("gn3")(y))
+    y = conv(out_channels, (1, 1), name="conv3")(y)
     return common.constrain(y + shortcut, _ACT_NAMES)
 
 
@@ -117,13 +132,17 @@ class ResNetStage(nn.Module):
   first_strides: tuple[int, int] = (1, 1)
   dtype: Any = jnp.float32
   num_groups: int = NUM_GROUPS
+  padding: str = "same"
+  std_eps: float = 1e-10
+  gn_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for b in range(1, self.num_blocks + 1):
       strides = self.first_strides if b == 1 else (1, 1)
       x = BottleneckBlock(self.mid_channels, strides, self.dtype,
-                          self.num_groups, name=f"block_{b}")(x)
+                          self.num_groups, self.padding, self.std_eps,
+                          self.gn_eps, name=f"block_{b}")(x)
     return x
 
 
@@ -143,6 +162,10 @@ class ResNet(nn.Module):
     head_zeroinit: zero-initialise the classifier kernel.
     gn_groups: GroupNorm groups (BiT: 32); fewer allow narrower models, e.g.
       width=0.25 (16 stem channels) with gn_groups=16.
+    padding: "same" (default) or "symmetric" (the published BiT weights'
+      padding; see PADDINGS).
+    std_eps: epsilon of the weight standardisation (published BiT: 1e-8).
+    gn_eps: GroupNorm epsilon (published BiT in timm: 1e-5).
 
   aux holds "stem", "stage_1".."stage_4" (raw residual-stream outputs),
   "pre_logits" (after the final GroupNorm+ReLU and global average pool) and,
@@ -155,6 +178,9 @@ class ResNet(nn.Module):
   dtype_mm: str = "float32"
   head_zeroinit: bool = True
   gn_groups: int = NUM_GROUPS
+  padding: str = "same"
+  std_eps: float = 1e-10
+  gn_eps: float = 1e-6
 
   def __post_init__(self):
     # Validate at construction so a bad config fails before any tracing.
@@ -165,6 +191,9 @@ class ResNet(nn.Module):
     if self.stem not in STEMS:
       raise ValueError(f"model.stem={self.stem!r} is unknown; known values: "
                        f"{', '.join(STEMS)}.")
+    if self.padding not in PADDINGS:
+      raise ValueError(f"model.padding={self.padding!r} is unknown; known values: "
+                       f"{', '.join(PADDINGS)}.")
     self._stem_channels()
     common.resolve_dtype(self.dtype_mm)
     common.num_classes_or_none(self.num_classes)
@@ -189,12 +218,20 @@ class ResNet(nn.Module):
     channels = self._stem_channels()
     out = {}
 
+    conv_kw = dict(dtype=dtype, padding=self.padding, eps=self.std_eps,
+                   name="stem_conv")
     if self.stem == "imagenet":
-      x = StdConv(channels, (7, 7), (2, 2), dtype, name="stem_conv")(images)
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+      x = StdConv(channels, (7, 7), (2, 2), **conv_kw)(images)
+      if self.padding == "symmetric":
+        # Zero padding (not -inf): the stem output is not yet activated, so
+        # border windows may take the 0 (as in the published BiT models).
+        x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+      else:
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     else:
       strides = (2, 2) if self.stem == "small_s2" else (1, 1)
-      x = StdConv(channels, (3, 3), strides, dtype, name="stem_conv")(images)
+      x = StdConv(channels, (3, 3), strides, **conv_kw)(images)
     x = common.constrain(x, _ACT_NAMES)
     out["stem"] = x
 
@@ -203,11 +240,12 @@ class ResNet(nn.Module):
       # resolution.
       x = ResNetStage(num_blocks, channels * 2 ** (s - 1),
                       (1, 1) if s == 1 else (2, 2), dtype, self.gn_groups,
+                      self.padding, self.std_eps, self.gn_eps,
                       name=f"stage_{s}")(x)
       out[f"stage_{s}"] = x
 
     # Pre-activation design: the residual stream is normalised once more
     # before pooling.
-    x = nn.relu(group_norm(self.gn_groups, "norm_pre_head")(x))
+    x = nn.relu(group_norm(self.gn_groups, "norm_pre_head", self.gn_eps)(x))
     x = jnp.mean(x, axis=(1, 2))
     return common.head_output(x, out, self.num_classes, self.head_zeroinit, dtype)

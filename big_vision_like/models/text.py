@@ -9,7 +9,15 @@ by `pool_type`:
 - "first": the first position,
 - "gap": the mean over non-padding positions,
 - "max": the max over non-padding positions,
-- "map": attention pooling with a learned probe.
+- "map": attention pooling with a learned probe,
+- "end": the final position whatever it holds (big_vision's "last", which
+  relies on the texts being padded with EOS),
+- "argmax": the position of the largest token id (CLIP: its end-of-text
+  token has the highest id of the vocabulary).
+
+`causal=True` masks attention so that each position sees only itself and
+earlier ones (CLIP's text tower); `mlp_act` and `ln_eps` select the MLP
+activation and LayerNorm epsilon the published weights were trained with.
 
 Padding (token id `pad_id`) is excluded from "gap"/"max"; attention itself is
 unmasked (every position is seen at the same fixed length, as in big_vision).
@@ -28,7 +36,7 @@ from big_vision_like.models import common
 from big_vision_like.models import vit
 from big_vision_like.registry import MODELS
 
-POOL_TYPES = ("last", "first", "gap", "max", "map")
+POOL_TYPES = ("last", "first", "gap", "max", "map", "argmax", "end")
 
 
 @MODELS.register("text_transformer")
@@ -58,6 +66,9 @@ class TextTransformer(nn.Module):
   dtype_mm: str = "float32"
   scan: bool = False
   remat_policy: str = "none"
+  causal: bool = False
+  mlp_act: str = "gelu_tanh"
+  ln_eps: float = 1e-6
 
   def __post_init__(self):
     if self.pool_type not in POOL_TYPES:
@@ -67,6 +78,7 @@ class TextTransformer(nn.Module):
       raise ValueError(f"text model.vocab_size={self.vocab_size!r} must be a positive int")
     self._dims()
     common.resolve_dtype(self.dtype_mm)
+    common.activation(self.mlp_act)
     super().__post_init__()
 
   def _dims(self) -> dict[str, int]:
@@ -97,12 +109,18 @@ class TextTransformer(nn.Module):
     x = vit.Encoder(depth=dims["depth"], mlp_dim=dims["mlp_dim"],
                     num_heads=dims["num_heads"], dropout=self.dropout, dtype_mm=dtype,
                     scan=self.scan, remat_policy=self.remat_policy,
+                    mlp_act=self.mlp_act, ln_eps=self.ln_eps, causal=self.causal,
                     name="Transformer")(x, not train)
     out["encoded"] = x
     real = (tokens != self.pad_id)[..., None]
     if self.pool_type == "last":
       last = jnp.maximum(real[..., 0].sum(1) - 1, 0)
       x = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+    elif self.pool_type == "end":
+      x = x[:, -1]
+    elif self.pool_type == "argmax":
+      at = jnp.argmax(tokens, axis=1)
+      x = jnp.take_along_axis(x, at[:, None, None], axis=1)[:, 0]
     elif self.pool_type == "first":
       x = x[:, 0]
     elif self.pool_type == "gap":
@@ -112,5 +130,6 @@ class TextTransformer(nn.Module):
       x = jnp.where(jnp.isfinite(x), x, 0.0)  # all-padding text
     else:
       x = vit.MAPHead(mlp_dim=dims["mlp_dim"], num_heads=dims["num_heads"],
-                      dtype_mm=dtype, name="MAPHead_0")(x)
+                      dtype_mm=dtype, mlp_act=self.mlp_act, ln_eps=self.ln_eps,
+                      name="MAPHead_0")(x)
     return common.head_output(x, out, self.num_classes, self.head_zeroinit, dtype)

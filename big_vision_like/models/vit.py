@@ -165,6 +165,7 @@ class MlpBlock(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
   dtype_mm: Any = jnp.float32
+  act: str = "gelu_tanh"
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -175,7 +176,7 @@ class MlpBlock(nn.Module):
         bias_init=nn.initializers.normal(stddev=1e-6))
     x = dense(self.mlp_dim, ("embed", "mlp"))(x)
     x = common.constrain(x, ("batch", "length", "mlp"))
-    x = nn.gelu(x)
+    x = common.activation(self.act)(x)
     x = nn.Dropout(rate=self.dropout)(x, deterministic)
     return dense(width, ("mlp", "embed"))(x)
 
@@ -195,6 +196,9 @@ class Encoder1DBlock(nn.Module):
   dropout: float = 0.0
   use_drop_path: bool = False
   dtype_mm: Any = jnp.float32
+  mlp_act: str = "gelu_tanh"
+  ln_eps: float = 1e-6
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, drop_path_rate: Any,
@@ -206,12 +210,14 @@ class Encoder1DBlock(nn.Module):
       return x + y
 
     x = common.constrain(x, _RESIDUAL_NAMES)
-    y = common.layer_norm()(x)
-    y = attention(self.num_heads, self.dtype_mm)(y)
+    y = common.layer_norm(eps=self.ln_eps)(x)
+    # A causal mask (text towers of CLIP): position i attends to <= i only.
+    mask = nn.make_causal_mask(jnp.ones(x.shape[:2], jnp.int32)) if self.causal else None
+    y = attention(self.num_heads, self.dtype_mm)(y, mask=mask)
     x = residual(x, y)
-    y = common.layer_norm()(x)
+    y = common.layer_norm(eps=self.ln_eps)(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
-                 dtype_mm=self.dtype_mm)(y, deterministic)
+                 dtype_mm=self.dtype_mm, act=self.mlp_act)(y, deterministic)
     return common.constrain(residual(x, y), _RESIDUAL_NAMES), None
 
 
@@ -225,6 +231,9 @@ class Encoder(nn.Module):
   dtype_mm: Any = jnp.float32
   scan: bool = False
   remat_policy: str = "none"
+  mlp_act: str = "gelu_tanh"
+  ln_eps: float = 1e-6
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -239,7 +248,8 @@ class Encoder(nn.Module):
                                           self.remat_policy))
     block_kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                     dropout=self.dropout, use_drop_path=self.drop_path > 0,
-                    dtype_mm=self.dtype_mm)
+                    dtype_mm=self.dtype_mm, mlp_act=self.mlp_act,
+                    ln_eps=self.ln_eps, causal=self.causal)
     if self.scan:
       stack = nn.scan(block_cls,
                       variable_axes={"params": 0},
@@ -254,7 +264,7 @@ class Encoder(nn.Module):
       for i in range(self.depth):
         x, _ = block_cls(name=f"encoderblock_{i}", **block_kw)(
             x, float(rates[i]), deterministic)
-    return common.layer_norm(name="encoder_norm")(x)
+    return common.layer_norm(name="encoder_norm", eps=self.ln_eps)(x)
 
 
 class MAPHead(nn.Module):
@@ -262,6 +272,8 @@ class MAPHead(nn.Module):
   mlp_dim: int
   num_heads: int
   dtype_mm: Any = jnp.float32
+  mlp_act: str = "gelu_tanh"
+  ln_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -271,8 +283,9 @@ class MAPHead(nn.Module):
                        (1, 1, width), jnp.float32)
     probe = jnp.broadcast_to(probe, (batch, 1, width))
     x = attention(self.num_heads, self.dtype_mm)(probe, x)
-    y = common.layer_norm()(x)
-    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype_mm=self.dtype_mm)(y)
+    y = common.layer_norm(eps=self.ln_eps)(x)
+    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype_mm=self.dtype_mm,
+                     act=self.mlp_act)(y)
     return x[:, 0]
 
 
@@ -300,6 +313,12 @@ class ViT(nn.Module):
     conv_stem: channels of 3x3 stride-2 convs (LayerNorm + GELU) run before
       the patch embedding, e.g. (32, 64, 128) with patch_size=1 turns a 28x28
       image into 4x4 = 16 tokens. Empty (default): the plain patchify stem.
+    mlp_act: the MLP activation (common.ACTIVATIONS): "gelu_tanh" (big_vision,
+      default), "gelu" (exact; timm, open_clip LAION models), "quick_gelu"
+      (OpenAI CLIP).
+    ln_eps: LayerNorm epsilon (1e-6 big_vision/timm; 1e-5 CLIP).
+    ln_pre: a LayerNorm ("ln_pre") after the position embedding, before the
+      blocks (CLIP's image tower).
 
   aux holds "stem" (patch embeddings, [B, h, w, D]), "encoded" (encoder
   output after the final LayerNorm, [B, tokens, D], class token first when
@@ -323,6 +342,9 @@ class ViT(nn.Module):
   scan: bool = False
   remat_policy: str = "none"
   conv_stem: tuple[int, ...] = ()
+  mlp_act: str = "gelu_tanh"
+  ln_eps: float = 1e-6
+  ln_pre: bool = False
 
   def __post_init__(self):
     # Validate at construction so a bad config fails before any tracing.
@@ -350,6 +372,7 @@ class ViT(nn.Module):
         raise ValueError(f"model.{field}={rate!r} must be in [0, 1).")
     common.resolve_dtype(self.dtype_mm)
     common.num_classes_or_none(self.num_classes)
+    common.activation(self.mlp_act)
     super().__post_init__()
 
   def _dims(self) -> dict[str, int]:
@@ -419,13 +442,15 @@ class ViT(nn.Module):
                                         (None, "pos", "embed")),
                          (1, x.shape[1], width), jnp.float32)
 
+    if self.ln_pre:
+      x = common.layer_norm(name="ln_pre", eps=self.ln_eps)(x)
     x = common.constrain(x, _RESIDUAL_NAMES)
     x = nn.Dropout(rate=self.dropout)(x, not train)
     x = Encoder(depth=dims["depth"], mlp_dim=dims["mlp_dim"],
                 num_heads=dims["num_heads"], dropout=self.dropout,
                 drop_path=self.drop_path, dtype_mm=dtype, scan=self.scan,
-                remat_policy=self.remat_policy,
-                name="Transformer")(x, not train)
+                remat_policy=self.remat_policy, mlp_act=self.mlp_act,
+                ln_eps=self.ln_eps, name="Transformer")(x, not train)
     out["encoded"] = x
 
     if self.pool_type == "gap":
@@ -434,7 +459,8 @@ class ViT(nn.Module):
       x = x[:, 0]
     else:
       x = MAPHead(mlp_dim=dims["mlp_dim"], num_heads=dims["num_heads"],
-                  dtype_mm=dtype, name="MAPHead_0")(x)
+                  dtype_mm=dtype, mlp_act=self.mlp_act, ln_eps=self.ln_eps,
+                  name="MAPHead_0")(x)
 
     if self.rep_size:
       rep = width if self.rep_size is True else int(self.rep_size)

@@ -1,0 +1,137 @@
+"""big_vision / vision_transformer `.npz` layouts <-> our params.
+
+Our ViT and two-tower parameter names follow big_vision's, so most of the
+work is undoing history:
+
+- the file's tree may sit under `params/` (optax-era checkpoints) or
+  `opt/target/` (flax.optim-era);
+- the original vision_transformer checkpoints number modules across classes
+  (LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3) and
+  keep the position embedding in `Transformer/posembed_input`;
+- big_vision adds the position embedding *before* concatenating the class
+  token, so its `pos_embedding` has no class-token row; ours has one (as the
+  original ViT and timm), which is zero for such checkpoints (equivalent);
+- big_vision's text tower is `Embed_0` + `Encoder_0`, ours `embedding` +
+  `Transformer`;
+- scanned checkpoints (`encoderblock` with a leading depth axis) load into
+  loop models and back (`weights.fit`).
+
+Export writes our names (with the class-token row), which big_vision's own
+loaders read (its `fix_old_checkpoints` folds that row into `cls`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from big_vision_like.weights import tree as tree_lib
+
+
+def _strip_prefix(tree: dict) -> dict:
+  if "params" in tree and isinstance(tree["params"], dict):
+    return tree["params"]
+  if "opt" in tree and isinstance(tree["opt"], dict) and "target" in tree["opt"]:
+    return tree["opt"]["target"]
+  return tree
+
+
+def _fix_vit(p: dict) -> dict:
+  p = tree_lib.renumber_modules(dict(p))
+  t = dict(p.get("Transformer", {}))
+  if "posembed_input" in t:
+    p["pos_embedding"] = t.pop("posembed_input")["pos_embedding"]
+  if "pos_embedding" in t:
+    p["pos_embedding"] = t.pop("pos_embedding")
+  p["Transformer"] = t
+  if "probe" in p:  # MAP head inlined (early ViT-G checkpoints)
+    p["MAPHead_0"] = {k: p.pop(k) for k in
+                      ("probe", "MlpBlock_0", "MultiHeadDotProductAttention_0", "LayerNorm_0")}
+  if "cls" in p and "pos_embedding" in p:
+    pe = np.asarray(p["pos_embedding"])
+    n = pe.shape[1]
+    if int(round(n ** 0.5)) ** 2 == n:  # big_vision layout: no class-token row
+      p["pos_embedding"] = np.concatenate([np.zeros_like(pe[:, :1]), pe], axis=1)
+  return p
+
+
+def _block0(enc: dict) -> tuple[dict, int]:
+  if "encoderblock" in enc:
+    b = enc["encoderblock"]
+    return b, int(np.shape(b["LayerNorm_0"]["scale"])[0])
+  n = len([k for k in enc if k.startswith("encoderblock_")])
+  return enc["encoderblock_0"], n
+
+
+def _encoder_fields(enc: dict, stacked_axis: bool) -> dict:
+  b, depth = _block0(enc)
+  q = np.shape(b["MultiHeadDotProductAttention_0"]["query"]["kernel"])[int(stacked_axis):]
+  mlp = np.shape(b["MlpBlock_0"]["Dense_0"]["kernel"])[-1]
+  return dict(width=int(q[0]), depth=depth, num_heads=int(q[1]), mlp_dim=int(mlp),
+              scan="encoderblock" in enc)
+
+
+def vit_to_ours(p: dict) -> tuple[str, dict, dict]:
+  p = _fix_vit(p)
+  fields = _encoder_fields(p["Transformer"], "encoderblock" in p["Transformer"])
+  fields["patch_size"] = int(np.shape(p["embedding"]["kernel"])[0])
+  fields["pool_type"] = "tok" if "cls" in p else "map" if "MAPHead_0" in p else "gap"
+  fields["num_classes"] = int(np.shape(p["head"]["kernel"])[1]) if "head" in p else None
+  if "pre_logits" in p:
+    fields["rep_size"] = int(np.shape(p["pre_logits"]["kernel"])[1])
+  return "vit", fields, p
+
+
+def text_to_ours(p: dict) -> tuple[str, dict, dict]:
+  p = tree_lib.renumber_modules(dict(p))
+  out = {k: v for k, v in p.items() if k not in ("Embed_0", "Encoder_0")}
+  if "Embed_0" in p:
+    out["embedding"] = p["Embed_0"]
+  if "Encoder_0" in p:
+    enc = dict(p["Encoder_0"])
+    extra = enc.pop("pos_embedding", None)  # some checkpoints added it twice
+    if extra is not None:
+      out["pos_embedding"] = np.asarray(out["pos_embedding"]) + np.asarray(extra)
+    out["Transformer"] = enc
+  fields = _encoder_fields(out["Transformer"], "encoderblock" in out["Transformer"])
+  fields["vocab_size"] = int(np.shape(out["embedding"]["embedding"])[0])
+  fields["pool_type"] = "map" if "MAPHead_0" in out else "end"
+  fields["num_classes"] = int(np.shape(out["head"]["kernel"])[1]) if "head" in out else None
+  return "text_transformer", fields, out
+
+
+def to_ours(flat: dict[str, np.ndarray]) -> tuple[str, dict, dict]:
+  """A big_vision `.npz` ({"a/b": array}) -> (model_name, fields, params)."""
+  p = _strip_prefix(tree_lib.nest(flat))
+  if "img" in p or "txt" in p:
+    out: dict[str, Any] = {k: v for k, v in p.items() if k not in ("img", "txt")}
+    fields: dict[str, Any] = {}
+    if "img" in p:
+      _, fields["image"], out["img"] = vit_to_ours(p["img"])
+      fields["image_model"] = "vit"
+      fields["embed_dim"] = fields["image"].pop("num_classes")
+    if "txt" in p:
+      _, fields["text"], out["txt"] = text_to_ours(p["txt"])
+      fields["text_model"] = "text_transformer"
+      fields["embed_dim"] = fields["text"].pop("num_classes")
+    fields["bias_init"] = 0.0 if "b" in p else None
+    return "two_tower", fields, out
+  if "embedding" in p and "Transformer" in p:
+    return vit_to_ours(p)
+  raise ValueError("big_vision .npz: neither a ViT (embedding/, Transformer/) nor a "
+                   f"two-tower (img/, txt/) checkpoint; top-level names: {sorted(p)[:10]}")
+
+
+def from_ours(params: dict, model_name: str) -> dict[str, np.ndarray]:
+  """Our params -> a flat big_vision `.npz` dict (big_vision's names)."""
+  params = {k: v for k, v in params.items()}
+  if model_name == "two_tower" and "txt" in params:
+    txt = dict(params["txt"])
+    txt["Embed_0"] = txt.pop("embedding")
+    txt["Encoder_0"] = txt.pop("Transformer")
+    params["txt"] = txt
+  elif model_name not in ("vit", "two_tower"):
+    raise ValueError(f"export to big_vision: model {model_name!r} is not a ViT or a "
+                     "two-tower (use --format timm for a ResNet)")
+  return {k: np.asarray(v) for k, v in tree_lib.flatten(params).items()}
