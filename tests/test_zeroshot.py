@@ -20,7 +20,10 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import glob  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
 import math  # noqa: E402
+import pathlib  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -231,6 +234,32 @@ def test_class_name_and_prompt_sources(tmp_path):
   p.write_text("a {}.\nthe {}!\n")
   assert zeroshot.resolve_prompts(str(p)) == ["a {}.", "the {}!"]
   assert zeroshot.prompt_texts(["x", "y"], ["a {}", "b {}"]) == ["a x", "a y", "b x", "b y"]
+
+
+def test_clip_imagenet_prompts_and_curated_class_names():
+  templates = zeroshot.resolve_prompts("clip_imagenet")
+  names = zeroshot.resolve_class_names("imagenet2012_clip")
+  assert len(templates) == len(set(templates)) == 80
+  assert templates[0] == "a bad photo of a {}." and templates[-1] == "a tattoo of the {}."
+  assert len(names) == 1000 and names[:2] == ["tench", "goldfish"]
+  # Unlike the WordNet first names, the two maillots differ...
+  wordnet = zeroshot.resolve_class_names("imagenet2012")
+  assert wordnet[638] == wordnet[639] == "maillot"
+  assert [names[i] for i in (134, 517, 638, 639)] == [
+      "crane bird", "construction crane", "tights", "one-piece bathing suit"]
+  # ...but CLIP's published list repeats two names; kept as published.
+  repeated = {n: [i for i, m in enumerate(names) if m == n]
+              for n in names if names.count(n) > 1}
+  assert repeated == {"missile": [657, 744], "sunglasses": [836, 837]}
+  # Equal to what open_clip ships (make_golden.py recorded its hashes).
+  golden = json.loads((pathlib.Path(__file__).parent / "fixtures" / "clip_tokenizer" /
+                       "golden.json").read_text())["clip_imagenet_sha256"]
+  for key, value in (("templates", templates), ("classnames", names)):
+    digest = hashlib.sha256(json.dumps(value, ensure_ascii=True).encode()).hexdigest()
+    assert digest == golden[key], key
+  assert "MIT License" in zeroshot.clip_imagenet()["source"]
+  texts = zeroshot.prompt_texts(names, templates)
+  assert len(texts) == 80_000 and texts[1] == "a bad photo of a goldfish."
 
 
 def test_bad_config_fails_naming_the_culprit(data_dir, tmp_path):

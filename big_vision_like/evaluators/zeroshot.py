@@ -15,11 +15,15 @@ Config keys (everything else goes to the inner evaluator unchanged):
 
 - `class_names`: a list, a text file (one name per line), "imagenet2012"
   (the first comma-separated name of each of the 1000 classes; note the
-  two "crane" and two "maillot" classes then share a name), or
+  two "maillot" classes then share a name),
+  "imagenet2012_clip" (the 1000 names curated for CLIP's ImageNet notebook,
+  e.g. "tights" / "one-piece bathing suit"; CLIP's list still names two
+  classes "missile" and two "sunglasses", kept as published) or
   "fashion_mnist" (`fashion_captions.CLASS_NAMES`).
 - `prompts`: a list of templates with one "{}", one template string, a file
-  (one per line), or a named set: "fashion_mnist_heldout",
-  "fashion_mnist_train".
+  (one per line), or a named set: "clip_imagenet" (CLIP's 80 ImageNet
+  templates), "fashion_mnist_heldout", "fashion_mnist_train". The CLIP
+  names and templates ship as `data/resources/clip_imagenet.json`.
 - `pp_txt`: the pp string applied to each prompt under key "text", e.g.
   "canonicalize_text|tokenize(16)". It must give integer tokens of a fixed
   length, in "text" (where `tokenize` puts them by default) or "labels".
@@ -42,7 +46,10 @@ scorecard has a dozen over the same 1000 classes).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.resources
+import json
 import math
 from typing import Any, Callable, Sequence
 
@@ -60,11 +67,27 @@ from big_vision_like.pp import builder as pp_builder
 
 SCORERS = ("classification", "multilabel", "calibration")
 ENSEMBLES = ("mean", "weighted")
-NAMED_PROMPTS = ("fashion_mnist_heldout", "fashion_mnist_train")
+NAMED_PROMPTS = ("clip_imagenet", "fashion_mnist_heldout", "fashion_mnist_train")
+NAMED_CLASS_NAMES = ("imagenet2012", "imagenet2012_clip", "fashion_mnist")
 _HIGHEST = jax.lax.Precision.HIGHEST  # Exact f32 dots (TPUs default to bf16 passes).
 
 
 # ----------------------------------------------------------------- text side
+
+
+@functools.cache
+def clip_imagenet() -> dict[str, Any]:
+  """CLIP's ImageNet zero-shot set: {"templates": 80, "classnames": 1000, "source"}.
+
+  From CLIP's Prompt_Engineering_for_ImageNet notebook as open_clip ships it
+  (exported by tests/fixtures/clip_tokenizer/make_golden.py).
+  """
+  path = importlib.resources.files("big_vision_like.data") / "resources" / "clip_imagenet.json"
+  data = json.loads(path.read_text(encoding="utf-8"))
+  if len(data["templates"]) != 80 or len(data["classnames"]) != 1000:
+    raise RuntimeError(f"{path} should hold 80 templates and 1000 class names, it holds "
+                       f"{len(data['templates'])} and {len(data['classnames'])}")
+  return data
 
 
 def resolve_class_names(spec: str | Sequence[str], where: str = "zeroshot"
@@ -75,14 +98,16 @@ def resolve_class_names(spec: str | Sequence[str], where: str = "zeroshot"
   elif spec == "imagenet2012":
     from big_vision_like.data import imagenet_classes  # pylint: disable=g-import-not-at-top
     names = [n.split(",")[0].strip() for n in imagenet_classes.class_names()]
+  elif spec == "imagenet2012_clip":
+    names = list(clip_imagenet()["classnames"])
   elif spec == "fashion_mnist":
     from big_vision_like.data import fashion_captions  # pylint: disable=g-import-not-at-top
     names = list(fashion_captions.CLASS_NAMES)
   elif isinstance(spec, str):
     names = _read_lines(spec, f"{where}: class_names")
   else:
-    raise ValueError(f"{where}: class_names must be a list, a file, 'imagenet2012' or "
-                     f"'fashion_mnist', got {spec!r}")
+    raise ValueError(f"{where}: class_names must be a list, a file or one of "
+                     f"{NAMED_CLASS_NAMES}, got {spec!r}")
   if not names or any(not n.strip() for n in names):
     raise ValueError(f"{where}: class_names {_short(spec)} holds an empty name "
                      f"(or none at all)")
@@ -91,7 +116,9 @@ def resolve_class_names(spec: str | Sequence[str], where: str = "zeroshot"
 
 def resolve_prompts(spec: str | Sequence[str], where: str = "zeroshot") -> list[str]:
   """The prompt templates of `spec` (see the module docstring)."""
-  if isinstance(spec, str) and spec in NAMED_PROMPTS:
+  if spec == "clip_imagenet":
+    prompts = list(clip_imagenet()["templates"])
+  elif isinstance(spec, str) and spec in NAMED_PROMPTS:
     from big_vision_like.data import fashion_captions  # pylint: disable=g-import-not-at-top
     prompts = fashion_captions.templates(spec.rsplit("_", 1)[1])
   elif isinstance(spec, str) and "{}" in spec:
@@ -295,8 +322,8 @@ class Evaluator:
     self.name = name
     where = f"evaluator {name!r}"
     if class_names is None:
-      raise ValueError(f"{where}: zeroshot needs class_names (a list, a file, "
-                       f"'imagenet2012' or 'fashion_mnist')")
+      raise ValueError(f"{where}: zeroshot needs class_names (a list, a file or one of "
+                       f"{NAMED_CLASS_NAMES})")
     if pp_txt is None:
       raise ValueError(f"{where}: zeroshot needs pp_txt, the pp string that tokenizes "
                        f"each prompt, e.g. \"tokenize(16)\"")

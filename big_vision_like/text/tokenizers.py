@@ -1,9 +1,11 @@
 """Tokenizers for the text tower, looked up by a short spec string.
 
-A config names its tokenizer as `"bytes"` (UTF-8 bytes, no files needed) or
-`"sentencepiece:/path/to/model.model"` (also `gs://...`). Training captions
-are tokenized inside tf.data (`Tokenizer.tf_tokenize`) and zero-shot class
-names in Python (`Tokenizer.encode_fixed`); both go through the same object,
+A config names its tokenizer as `"bytes"` (UTF-8 bytes, no files needed),
+`"sentencepiece:/path/to/model.model"` (also `gs://...`) or `"clip"` (CLIP's
+byte-level BPE with its bundled vocabulary, `"clip:/path/vocab.txt.gz"` for
+another file; see `ClipTokenizer`: CLIP's ids need `bos=True`). Training
+captions are tokenized inside tf.data (`Tokenizer.tf_tokenize`) and zero-shot
+class names in Python (`Tokenizer.encode_fixed`); both go through the same object,
 so the ids, the EOS handling and the padding cannot drift apart between
 training and evaluation.
 
@@ -28,10 +30,12 @@ import tensorflow as tf
 
 from big_vision_like import registry
 from big_vision_like.registry import TOKENIZERS
+from big_vision_like.text import clip_bpe
 
 EOS_MODES = ("sticky", "yes", "none")
-SPEC_HELP = ("A tokenizer spec is 'name' or 'name:argument', e.g. 'bytes' or "
-             "'sentencepiece:/path/to/model.model' (gs:// paths work too).")
+SPEC_HELP = ("A tokenizer spec is 'name' or 'name:argument', e.g. 'bytes', "
+             "'sentencepiece:/path/to/model.model' (gs:// paths work too) or "
+             "'clip'.")
 
 
 class Tokenizer(abc.ABC):
@@ -228,17 +232,40 @@ class ByteTokenizer(Tokenizer):
     return tf.cast(tf.io.decode_raw(text, tf.uint8), tf.int32) + self.OFFSET
 
 
-def _read_model(path: str) -> bytes:
+def _read_model(path: str, what: str = "sentencepiece model file") -> bytes:
   """The bytes of a model file (local or any tf.io.gfile filesystem)."""
   try:
     with tf.io.gfile.GFile(path, "rb") as f:
       return f.read()
   except tf.errors.NotFoundError as e:
-    raise FileNotFoundError(
-        f"sentencepiece model file {path!r} does not exist.") from e
+    raise FileNotFoundError(f"{what} {path!r} does not exist.") from e
   except tf.errors.OpError as e:
-    raise OSError(f"cannot read sentencepiece model file {path!r}: "
-                  f"{e.message}") from e
+    raise OSError(f"cannot read {what} {path!r}: {e.message}") from e
+
+
+def _tf_encode_with_python(text: tf.Tensor, encode, spec: str,
+                           name: str) -> tf.Tensor:
+  """Raw ids of a scalar tf.string by `encode(str) -> list[int]` in Python.
+
+  Runs through `tf.numpy_function`: fine in tf.data maps, but such a pipeline
+  cannot be serialized (tf.data service, SavedModel). Text that is not valid
+  UTF-8 fails loudly at run time.
+  """
+  text = _check_scalar_string(text, spec)
+
+  def encode_one(raw) -> np.ndarray:
+    raw = raw.item() if isinstance(raw, np.ndarray) else raw
+    try:
+      decoded = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise ValueError(f"tokenizer {spec!r}: text is not valid UTF-8: "
+                       f"{raw[:80]!r}") from e
+    return np.asarray(encode(decoded), np.int32)
+
+  ids = tf.numpy_function(encode_one, [text], tf.int32, stateful=False,
+                          name=name)
+  ids.set_shape([None])
+  return ids
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -291,22 +318,78 @@ class SentencePieceTokenizer(Tokenizer):
     return self._sp.decode(ids)
 
   def tf_tokenize(self, text: tf.Tensor) -> tf.Tensor:
-    text = _check_scalar_string(text, self.spec)
-    sp, spec = self._sp, self.spec
+    sp = self._sp
+    return _tf_encode_with_python(
+        text, lambda t: sp.encode(t, out_type=int), self.spec,
+        "sentencepiece_tokenize")
 
-    def encode_one(raw) -> np.ndarray:
-      raw = raw.item() if isinstance(raw, np.ndarray) else raw
-      try:
-        decoded = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise ValueError(f"tokenizer {spec!r}: text is not valid UTF-8: "
-                         f"{raw[:80]!r}") from e
-      return np.asarray(sp.encode(decoded, out_type=int), np.int32)
 
-    ids = tf.numpy_function(encode_one, [text], tf.int32, stateful=False,
-                            name="sentencepiece_tokenize")
-    ids.set_shape([None])
-    return ids
+class ClipTokenizer(Tokenizer):
+  """CLIP's byte-level BPE (`clip_bpe`), giving exactly open_clip's ids.
+
+  49408 ids: pad=0 (open_clip pads with 0, which is also the id of "!"
+  inside a word), bos=<start_of_text>=49406, eos=<end_of_text>=49407.
+  `open_clip.tokenize(texts)` equals `encode_fixed(texts, 77, bos=True)`
+  (eos="sticky", the default) and the pp op `tokenize(77, tokenizer="clip",
+  bos=True)`: [sot] + ids + [eot], a long text cut so that <end_of_text>
+  stays last, then zeros. CLIP always adds both specials; without bos=True
+  the ids are NOT what a CLIP text tower was trained on. eos="yes" drops
+  <end_of_text> from a long text (CLIP's towers read the sentence at its
+  position, so avoid it), eos="none" never adds it.
+
+  Do not canonicalize text before it (no `canonicalize_text` in the pp):
+  CLIP's own cleaning runs inside `encode` (ftfy, HTML entities, whitespace,
+  lower case) and CLIP keeps punctuation. `tf_tokenize` runs the Python
+  encoder through `tf.numpy_function` (not serializable; invalid UTF-8 fails
+  at run time).
+  """
+
+  def __init__(self, bpe: clip_bpe.ClipBPE, spec: str = "clip"):
+    self.spec = spec
+    self.bpe = bpe
+
+  @property
+  def vocab_size(self) -> int:
+    return self.bpe.vocab_size
+
+  @property
+  def pad_id(self) -> int:
+    return 0
+
+  @property
+  def eos_id(self) -> int:
+    return self.bpe.eot_id
+
+  @property
+  def bos_id(self) -> int:
+    return self.bpe.sot_id
+
+  def _encode(self, texts: list[str]) -> list[list[int]]:
+    return [self.bpe.encode(t) for t in texts]
+
+  def _decode(self, ids: list[int]) -> str:
+    return self.bpe.decode(ids)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """The text of a row: what lies between <start_of_text> and the first
+    <end_of_text>; without <end_of_text>, trailing zeros are padding (pad=0
+    is also the id of "!", so only those are dropped).
+    """
+    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+    bad = [i for i in ids if not 0 <= i < self.vocab_size]
+    if bad:
+      raise ValueError(f"tokenizer {self.spec!r}: ids {bad[:5]} are outside "
+                       f"[0, {self.vocab_size}).")
+    if self.eos_id in ids:
+      ids = ids[:ids.index(self.eos_id)]
+    else:
+      while ids and ids[-1] == self.pad_id:
+        ids.pop()
+    return self._decode([i for i in ids if i != self.bos_id])
+
+  def tf_tokenize(self, text: tf.Tensor) -> tf.Tensor:
+    return _tf_encode_with_python(text, self.bpe.encode, self.spec,
+                                  "clip_bpe_tokenize")
 
 
 @TOKENIZERS.register("bytes")
@@ -324,14 +407,27 @@ def _sentencepiece_tokenizer(arg: str | None, spec: str) -> Tokenizer:
   return SentencePieceTokenizer(arg, spec)
 
 
+@TOKENIZERS.register("clip")
+def _clip_tokenizer(arg: str | None, spec: str) -> Tokenizer:
+  if not arg:
+    return ClipTokenizer(clip_bpe.bundled(), spec)  # Shared, with its cache.
+  what = "CLIP BPE vocabulary file"
+  data = _read_model(arg, what)
+  if not data:
+    raise ValueError(f"{what} {arg!r} is empty.")
+  return ClipTokenizer(clip_bpe.ClipBPE.from_file_bytes(data, arg), spec)
+
+
 def get_tokenizer(spec: str | Tokenizer) -> Tokenizer:
-  """The tokenizer for a spec: "bytes" or "sentencepiece:PATH".
+  """The tokenizer for a spec: "bytes", "sentencepiece:PATH", "clip" or
+  "clip:PATH" (a CLIP BPE vocabulary such as bpe_simple_vocab_16e6.txt.gz).
 
   A `Tokenizer` is returned as is (so Python callers may pass one where a
   spec is expected). Unknown names fail listing the known tokenizers; a
   missing model file raises FileNotFoundError naming the path, a corrupt one
   ValueError naming the path. Model files are read on every call (no cache),
-  so hold on to the result.
+  so hold on to the result; only the bundled CLIP vocabulary is loaded once
+  per process.
   """
   if isinstance(spec, Tokenizer):
     return spec
