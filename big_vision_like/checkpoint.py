@@ -52,6 +52,7 @@ from etils import epath
 
 from big_vision_like import errors
 from big_vision_like import params as params_lib
+from big_vision_like.weights import spec as weights_spec
 
 logger = logging.getLogger(__name__)
 
@@ -569,12 +570,18 @@ def load_params(path: str, params_target: Any, *, skip: Sequence[str] = (),
 def init_from_checkpoints(params: Any, model_init: Any, skip: Sequence[str] = ()) -> Any:
   """Loads `config.model_init` into `params`.
 
-  `model_init` is a path (the whole model), or {subtree: path} to load a
+  `model_init` is a path (the whole model), published weights
+  ("zoo:NAME[=PATH]", a .safetensors/.npz file: see weights/spec.py), or
+  {subtree: path or weights} to load a
   checkpoint into one part of the model: `{"img": "<workdir of a supervised
   ViT>"}` fills the image tower of a two-tower model (LiT). `skip` regexes
   match full parameter names ("img/head/.*") and keep those params fresh.
   """
   if not hasattr(model_init, "items"):
+    if weights_spec.is_weights_spec(model_init):
+      out = weights_spec.load_into(params, model_init, list(skip))
+      logger.info("Initialised params from %s (skipping %s)", model_init, list(skip))
+      return out
     out = load_params(str(model_init), params, skip=list(skip))
     logger.info("Initialised params from %s (skipping %s)", model_init, list(skip))
     return out
@@ -585,6 +592,9 @@ def init_from_checkpoints(params: Any, model_init: Any, skip: Sequence[str] = ()
           f"config.model_init.{prefix}: the model has no parameter subtree {prefix!r} "
           f"(it has {sorted(params)})")
     sub_skip = [s[len(prefix) + 1:] for s in skip if s.startswith(prefix + "/")]
-    params[prefix] = load_params(str(path), params[prefix], skip=sub_skip)
+    if weights_spec.is_weights_spec(path):
+      params[prefix] = weights_spec.load_into(params[prefix], path, sub_skip, part=prefix)
+    else:
+      params[prefix] = load_params(str(path), params[prefix], skip=sub_skip)
     logger.info("Initialised %s/ from %s (skipping %s)", prefix, path, sub_skip)
   return params

@@ -247,7 +247,9 @@ KEYS: dict[str, Key] = {k.name: k for k in [
         "agree with it when both are set"),
     Key("init_head_bias", "float", None, "initial classifier bias, e.g. -6.9 (= log 1/1000) "
         "with `sigmoid_xent`"),
-    Key("model_init", "str|dict", None, "initialise from a workdir/checkpoint, or "
+    Key("model_init", "str|dict", None, "initialise from a workdir/checkpoint, published "
+        "weights (`zoo:NAME`, `zoo:NAME=PATH`, a timm/open_clip `.safetensors` or big_vision "
+        "`.npz`; position embeddings are resampled to the model's grid), or "
         "`{subtree: path}` (LiT: `{\"img\": run}`)"),
     Key("model_init_skip", "list", (), "regexes of params `model_init` leaves fresh"),
     Key("loss", "str", None, "`softmax_xent`, `sigmoid_xent`; image_text: `clip`, `siglip`, "

@@ -55,7 +55,7 @@ class ZooEntry:
   pp: str  # eval image preprocessing (decode ... normalise), as published
   resolution: int = 224
   class_names: str | None = None  # a zeroshot class_names spec ("imagenet2012")
-  tokenizer: str | None = None  # two-tower text towers
+  text_pp: str | None = None  # two-tower: texts -> token ids, as published
   text_len: int | None = None
   notes: str = ""
 
@@ -121,7 +121,8 @@ def _clip(name: str, variant: str, text_width: int, text_layers: int, embed: int
                     pool_type="argmax", causal=True, ln_eps=1e-5, mlp_act=act),
           temperature_init=100.0),
       format="open_clip", source=f"hf:{hub}/open_clip_model.safetensors", pp=_CLIP_PP,
-      class_names="imagenet2012_clip", tokenizer="clip", text_len=77, notes=notes))
+      class_names="imagenet2012_clip", text_pp="tokenize(77, tokenizer='clip', bos=True)",
+      text_len=77, notes=notes))
 
 
 _clip("ViT-B-32/openai", "B/32", 512, 12, 512, "timm/vit_base_patch32_clip_224.openai",
@@ -142,7 +143,8 @@ register(ZooEntry(
                 temperature_init=10.0, bias_init=-10.0),
     format="big_vision", source="gs://big_vision/siglip/webli_en_b16_224_63724782.npz",
     pp="decode|resize(224)|value_range(-1, 1)", class_names="imagenet2012_clip",
-    tokenizer="sentencepiece:PATH/TO/c4_en.model", text_len=64,
+    text_pp=("tokenize(64, tokenizer='sentencepiece:PATH/TO/c4_en.model', eos='sticky', "
+             "pad_value=1)"), text_len=64,
     notes="SigLIP (Zhai et al. 2023) B/16 on WebLI; text: big_vision's c4_en "
           "SentencePiece model, texts padded with EOS (id 1)"))
 for _ep in (90, 300):
