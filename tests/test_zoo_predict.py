@@ -193,3 +193,41 @@ def test_model_init_from_zoo_with_new_head_and_resolution():
   np.testing.assert_array_equal(np.asarray(out["txt"]["embedding"]["embedding"]),
                                 np.asarray(fresh2["txt"]["embedding"]["embedding"]))
   assert not np.array_equal(np.asarray(out["img"]["cls"]), np.asarray(fresh2["img"]["cls"]))
+
+
+def test_eval_py_scores_a_published_model_without_training(tmp_path, hub_cache):
+  """eval.py on `model_init="zoo:..."` and an empty workdir: step 0, published weights."""
+  import ml_collections
+  import tensorflow_datasets as tfds
+  from big_vision_like import eval as eval_lib
+  from tests.helpers import write_tfds
+  rng = np.random.default_rng(0)
+  features = tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+      "label": tfds.features.ClassLabel(num_classes=10)})
+  images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+  # Labels = the model's own top-1 on these images, so precision must be exactly 1.
+  top1 = predict.Predictor.from_zoo("test/tiny_vit").predict(images).argmax(1)
+  data = write_tfds(tmp_path / "tfds", "zoo_eval_images",
+                    {"test": [{"image": im, "label": int(l)} for im, l in zip(images, top1)]},
+                    features)
+  config = ml_collections.ConfigDict(dict(
+      model_init="zoo:test/tiny_vit", loss="softmax_xent", optax_name="sgd", lr=0.0,
+      total_steps=0,
+      input=dict(batch_size=2, data=data, pp=TINY_VIT.pp),
+      evals=dict(test=dict(type="classification", data=data, batch_size=2,
+                           pp=TINY_VIT.pp + "|onehot(10, key='label', key_result='labels')"))))
+  config.update(zoo.model_config(TINY_VIT))
+  out = eval_lib.evaluate(config, str(tmp_path / "wd"))
+  assert out["step"] == 0 and out["test/prec@1"] == 1.0
+
+
+def test_zoo_eval_config_builds_scorecard_for_classifier_and_clip():
+  from big_vision_like import config as config_lib
+  c = config_lib.load_config(
+      "configs/zoo_eval.py:model=vit_base_patch16_224.augreg2_in21k_ft_in1k,evals=val+real")
+  assert sorted(c.evals) == ["real", "val"] and c.model_init.startswith("zoo:")
+  assert c.evals.val.pp.startswith("decode|resize_small(248, method='bicubic')")
+  c = config_lib.load_config("configs/zoo_eval.py:model=ViT-B-32/openai,evals=val,"
+                             "weights=/x.safetensors")
+  assert c.evals.val.type == "zeroshot" and c.model_init == "zoo:ViT-B-32/openai=/x.safetensors"
