@@ -82,7 +82,7 @@ class Predictor:
         config = ml_collections.ConfigDict(json.load(f))
     exp, params, _ = load_workdir(config, workdir, step)
     first_eval = next(iter((config.get("evals") or {}).values()), None)
-    pp = pp or (first_eval or {}).get("pp")
+    pp = pp or image_pp((first_eval or {}).get("pp") or "")
     if not pp:
       raise ValueError(f"{workdir}: the config has no evaluator pp string to reuse; pass pp=")
     text_pp = (first_eval or {}).get("pp_txt")
@@ -167,6 +167,17 @@ class ZeroShot:
 
   def predict(self, images: Sequence[Any]) -> np.ndarray:
     return self.t * self.predictor.embed_images(images) @ self.weights.T
+
+
+def image_pp(pp: str) -> str:
+  """The image ops of an eval pp string (labels, onehot, keep... dropped)."""
+  keep = []
+  for op in pp_builder.parse_ops(pp):
+    module = pp_builder.get_factory(op).__module__
+    args = pp_builder.bound_arguments(op)
+    if module.endswith(("ops_image", "randaug")) and args.get("key", "image") == "image":
+      keep.append(op.token)
+  return "|".join(keep)
 
 
 def load_workdir(config: ml_collections.ConfigDict, workdir: str, step: int | None = None

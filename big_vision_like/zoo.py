@@ -103,7 +103,8 @@ for _name, _depth, _classes, _res, _crop in (
       pp=(f"decode|resize_small({_crop}, method='bilinear')|central_crop({_res})|"
           "value_range(-1, 1)"),
       resolution=_res, class_names="imagenet2012" if _classes == 1000 else None,
-      notes="BiT (Kolesnikov et al. 2020) ResNet-v2, weight-standardised convs + GroupNorm"))
+      notes="BiT (Kolesnikov et al. 2020) ResNet-v2, weight-standardised convs + GroupNorm; "
+            "the big_transfer .npz of the same model also loads (weights=)"))
 
 
 def _clip(name: str, variant: str, text_width: int, text_layers: int, embed: int,

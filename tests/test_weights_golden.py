@@ -115,3 +115,21 @@ def test_mismatch_names_every_problem_with_shapes():
   params = fit.fit(imported.params, fresh, skip=["head/.*"])
   assert np.all(np.asarray(params["head"]["kernel"]) == 0)
   np.testing.assert_array_equal(params["cls"], imported.params["cls"])
+
+
+def test_bit_npz_layout_round_trip_and_logits():
+  """The big_transfer `.npz` layout (resnet/block1/unit01/a/...) both ways."""
+  io = np.load(FIX / "timm_bit_io.npz")
+  model = resnet.ResNet(num_classes=10, depth=26, width=0.125, gn_groups=4,
+                        padding="symmetric", std_eps=1e-8, gn_eps=1e-5)
+  _, params = _load("timm_bit", model, io["images"])
+  flat = convert.export(params, "resnet", {}, "big_vision")
+  assert "resnet/block1/unit01/a/proj/standardized_conv2d/kernel" in flat
+  assert flat["resnet/head/conv2d/kernel"].shape == (1, 1, 256, 10)
+  imported = convert.to_ours(flat)
+  assert imported.format == "bit" and imported.fields["depth"] == 26
+  again = fit.fit(imported.params, params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+  logits, _ = model.apply({"params": again}, io["images"])
+  assert _max_diff(logits, io["logits"]) < TOL

@@ -135,3 +135,85 @@ def from_ours(params: dict, model_name: str) -> dict[str, np.ndarray]:
     raise ValueError(f"export to big_vision: model {model_name!r} is not a ViT or a "
                      "two-tower (use --format timm for a ResNet)")
   return {k: np.asarray(v) for k, v in tree_lib.flatten(params).items()}
+
+
+# -- BiT (Kolesnikov et al. 2020) as published by big_transfer: "resnet/..." keys.
+# Unit groups a, b, c hold (GroupNorm, StdConv) pairs: our gn1+conv1, gn2+conv2,
+# gn3+conv3; "a/proj" is the shortcut conv. Kernels are already HWIO.
+_BIT_GROUPS = {"a": "1", "b": "2", "c": "3"}
+
+
+def is_bit(flat: dict[str, np.ndarray]) -> bool:
+  return any(k.startswith("resnet/root_block/") for k in flat)
+
+
+def bit_to_ours(flat: dict[str, np.ndarray]) -> tuple[str, dict, dict]:
+  """A BiT `.npz` (big_transfer layout) -> ("resnet", fields, params)."""
+  import re
+  flat = {re.sub(r"/standardized_conv2d_\d+/", "/standardized_conv2d/", k): v
+          for k, v in flat.items()}
+  used = set()
+
+  def take(k):
+    used.add(k)
+    return np.asarray(flat[k])
+
+  params: dict[str, Any] = {"stem_conv": {"kernel": take(
+      "resnet/root_block/standardized_conv2d/kernel")}}
+  blocks = []
+  for s in range(1, 5):
+    units = sorted({m.group(1) for k in flat
+                    if (m := re.match(rf"resnet/block{s}/unit(\d+)/", k))})
+    blocks.append(len(units))
+    stage = {}
+    for b, unit in enumerate(units, start=1):
+      pre = f"resnet/block{s}/unit{unit}"
+      block = {}
+      for group, i in _BIT_GROUPS.items():
+        block[f"gn{i}"] = {"scale": take(f"{pre}/{group}/group_norm/gamma").reshape(-1),
+                           "bias": take(f"{pre}/{group}/group_norm/beta").reshape(-1)}
+        block[f"conv{i}"] = {"kernel": take(f"{pre}/{group}/standardized_conv2d/kernel")}
+      proj = f"{pre}/a/proj/standardized_conv2d/kernel"
+      if proj in flat:
+        block["conv_proj"] = {"kernel": take(proj)}
+      stage[f"block_{b}"] = block
+    params[f"stage_{s}"] = stage
+  params["norm_pre_head"] = {"scale": take("resnet/group_norm/gamma").reshape(-1),
+                             "bias": take("resnet/group_norm/beta").reshape(-1)}
+  from big_vision_like.models import resnet as resnet_lib
+  depth = {v: k for k, v in resnet_lib.BLOCKS_PER_STAGE.items()}.get(tuple(blocks))
+  if depth is None:
+    raise ValueError(f"BiT .npz: units per block {blocks} match no ResNet depth of ours")
+  width = params["stem_conv"]["kernel"].shape[-1] / resnet_lib.BASE_WIDTH
+  fields = dict(depth=depth, width=int(width) if width.is_integer() else width,
+                padding="symmetric", std_eps=1e-10, gn_eps=1e-5, stem="imagenet",
+                num_classes=None)
+  if "resnet/head/conv2d/kernel" in flat:
+    kernel = take("resnet/head/conv2d/kernel")
+    params["head"] = {"kernel": kernel.reshape(kernel.shape[-2:]),
+                      "bias": take("resnet/head/conv2d/bias")}
+    fields["num_classes"] = int(kernel.shape[-1])
+  left = sorted(set(flat) - used)
+  if left:
+    raise ValueError(f"BiT .npz: keys this converter does not understand: {left[:8]}")
+  return "resnet", fields, params
+
+
+def bit_from_ours(params: dict) -> dict[str, np.ndarray]:
+  """Our ResNet params -> the BiT `.npz` layout."""
+  out = {"resnet/root_block/standardized_conv2d/kernel": np.asarray(params["stem_conv"]["kernel"]),
+         "resnet/group_norm/gamma": np.asarray(params["norm_pre_head"]["scale"]),
+         "resnet/group_norm/beta": np.asarray(params["norm_pre_head"]["bias"])}
+  for s in range(1, 5):
+    for name, block in params[f"stage_{s}"].items():
+      pre = f"resnet/block{s}/unit{int(name.split('_')[1]):02d}"
+      for group, i in _BIT_GROUPS.items():
+        out[f"{pre}/{group}/group_norm/gamma"] = np.asarray(block[f"gn{i}"]["scale"])
+        out[f"{pre}/{group}/group_norm/beta"] = np.asarray(block[f"gn{i}"]["bias"])
+        out[f"{pre}/{group}/standardized_conv2d/kernel"] = np.asarray(block[f"conv{i}"]["kernel"])
+      if "conv_proj" in block:
+        out[f"{pre}/a/proj/standardized_conv2d/kernel"] = np.asarray(block["conv_proj"]["kernel"])
+  if "head" in params:
+    out["resnet/head/conv2d/kernel"] = np.asarray(params["head"]["kernel"])[None, None]
+    out["resnet/head/conv2d/bias"] = np.asarray(params["head"]["bias"])
+  return out

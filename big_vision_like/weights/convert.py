@@ -15,7 +15,7 @@ import numpy as np
 
 from big_vision_like.weights import big_vision, files, open_clip, timm
 
-FORMATS = ("timm_vit", "timm_resnetv2", "open_clip", "big_vision")
+FORMATS = ("timm_vit", "timm_resnetv2", "open_clip", "big_vision", "bit")
 
 
 @dataclasses.dataclass
@@ -35,6 +35,8 @@ def detect(flat: dict[str, np.ndarray]) -> str:
     return "timm_resnetv2"
   if any(k.startswith("visual.") for k in keys) and "token_embedding.weight" in keys:
     return "open_clip"
+  if big_vision.is_bit(flat):
+    return "bit"
   if any("/" in k for k in keys):
     return "big_vision"
   raise ValueError("unrecognised weight layout (not timm ViT/ResNetV2, open_clip CLIP or "
@@ -51,6 +53,8 @@ def to_ours(flat: dict[str, np.ndarray], fmt: str | None = None) -> Imported:
     out = open_clip.to_ours(flat)
   elif fmt == "big_vision":
     out = big_vision.to_ours(flat)
+  elif fmt == "bit":
+    out = big_vision.bit_to_ours(flat)
   else:
     raise ValueError(f"weight format {fmt!r} is unknown; known: {', '.join(FORMATS)}")
   return Imported(fmt, *out)
@@ -84,10 +88,14 @@ def export(params: Any, model: str, fields: dict, fmt: str) -> dict[str, np.ndar
     return timm.resnetv2_from_ours(params, fields)
   if fmt == "open_clip" and model == "two_tower":
     return open_clip.from_ours(params, fields)
+  if fmt == "big_vision" and model == "resnet":
+    fmt = "bit"
+  if fmt == "bit" and model == "resnet":
+    return big_vision.bit_from_ours(params)
   if fmt == "big_vision":
     return big_vision.from_ours(params, model)
   raise ValueError(f"cannot export a {model!r} model as {fmt!r}: timm takes vit/resnet, "
-                   "open_clip a two_tower, big_vision a vit or two_tower")
+                   "open_clip a two_tower, big_vision a vit, resnet (BiT layout) or two_tower")
 
 
 def _numpy_tree(tree: Any) -> Any:
