@@ -25,7 +25,11 @@ def get_config(arg=None):
   data_dir = arg.data_dir or None
   config.input = dict(
       data=dict(name="imagenet2012", split="train[:99%]", data_dir=data_dir),
-      pp=("decode_jpeg_and_inception_crop(224)|flip_lr"
+      # The crop as this config always had it (aspect ratios up to 4/3, 32
+      # tries, resize rounded); big_vision's defaults differ slightly (up to
+      # 1.33, 100 tries, truncated): see README "big_vision pp strings".
+      pp=("decode_jpeg_and_inception_crop(224, ratio_max=1.3333333333333333, "
+          "max_attempts=32, rounding='round')|flip_lr"
           "|onehot(1000, key='label', key_result='labels')"),
       batch_size=arg.batch, shuffle_buffer_size=250_000, cache=False,
       # Each host reads only its 1/P share of the records (on a pod, "global"

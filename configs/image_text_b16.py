@@ -70,7 +70,12 @@ def get_config(arg=None):
   config.total_examples = arg.examples
   config.input = dict(
       data=dict(name=arg.data, split="train", data_dir=data_dir),
-      pp=(f"decode_jpeg_and_inception_crop(224, area_min=50)|flip_lr"
+      # The crop as this config always had it (aspect ratios up to 4/3, 32
+      # tries, resize rounded); big_vision's defaults differ slightly (up to
+      # 1.33, 100 tries, truncated): see README "big_vision pp strings".
+      pp=(f"decode_jpeg_and_inception_crop(224, area_min=50, "
+          f"ratio_max=1.3333333333333333, max_attempts=32, rounding='round')"
+          f"|flip_lr"
           f"|rename(text={arg.text_key!r})|{pp_txt}"
           f"|keep('image', 'text')"),
       batch_size=arg.batch, shuffle_buffer_size=250_000, cache=False,

@@ -47,7 +47,11 @@ def get_config(arg=None):
 
   config.input = dict(
       data=dict(name="imagenet2012", split="train[:99%]", data_dir=data_dir),
-      pp=("decode_jpeg_and_inception_crop(224)|flip_lr"
+      # The crop as this config always had it (aspect ratios up to 4/3, 32
+      # tries, resize rounded); big_vision's defaults differ slightly (up to
+      # 1.33, 100 tries, truncated): see README "big_vision pp strings".
+      pp=("decode_jpeg_and_inception_crop(224, ratio_max=1.3333333333333333, "
+          "max_attempts=32, rounding='round')|flip_lr"
           f"|randaug{recipe['randaug']}"
           "|onehot(1000, key='label', key_result='labels')"),
       batch_size=recipe["batch"], shuffle_buffer_size=250_000, cache=False,

@@ -582,21 +582,22 @@ def test_vgg_value_range_values():
 
 
 def test_pad_to_shape_dense_and_ragged():
-  out = run("pad_to_shape((5,), pad_value=-1)",
+  out = run("pad_to_shape((5,), pad_value=-1, key='label')",
             {"label": tf.constant([3, 1], tf.int64)})
   np.testing.assert_array_equal(out["label"], [3, 1, -1, -1, -1])
   out = run("pad_to_shape((3, None), key='x', key_result='y')",
             {"x": tf.constant([[1, 2]])})
   np.testing.assert_array_equal(out["y"], [[1, 2], [0, 0], [0, 0]])
   np.testing.assert_array_equal(out["x"], [[1, 2]])
-  out = run("pad_to_shape((3, 4), pad_value=9)",
+  out = run("pad_to_shape((3, 4), pad_value=9, key='label')",
             {"label": tf.ragged.constant([[1], [2, 3]])})
   np.testing.assert_array_equal(out["label"],
                                 [[1, 9, 9, 9], [2, 3, 9, 9], [9, 9, 9, 9]])
-  out = run("pad_to_shape((2,), pad_value='')",
+  out = run("pad_to_shape((2,), pad_value='', key='label')",
             {"label": tf.constant([b"a"])})
   np.testing.assert_array_equal(out["label"], [b"a", b""])
-  empty = run("pad_to_shape((3,), -1)", {"label": tf.constant([], tf.int32)})
+  empty = run("pad_to_shape((3,), -1, key='label')",
+              {"label": tf.constant([], tf.int32)})
   np.testing.assert_array_equal(empty["label"], [-1, -1, -1])
   image = run("pad_to_shape((4, 3, None), key='image')",
               {"image": tf.ones([2, 3, 3], tf.uint8)})["image"]
@@ -606,7 +607,8 @@ def test_pad_to_shape_dense_and_ragged():
 def test_pad_to_shape_gives_static_shapes_in_tf_data():
   ds = tf.data.Dataset.from_tensor_slices(
       {"label": tf.ragged.constant([[1], [2, 3, 4], []])})
-  ds = ds.map(get_preprocess_fn("pad_to_shape((4,), pad_value=-1)"))
+  ds = ds.map(
+      get_preprocess_fn("pad_to_shape((4,), pad_value=-1, key='label')"))
   assert ds.element_spec["label"].shape.as_list() == [4]
   got = [x["label"].tolist() for x in ds.as_numpy_iterator()]
   assert got == [[1, -1, -1, -1], [2, 3, 4, -1], [-1, -1, -1, -1]]
@@ -616,13 +618,13 @@ def test_pad_to_shape_gives_static_shapes_in_tf_data():
 
 def test_pad_to_shape_too_large_fails_naming_the_op():
   with pytest.raises(PPError) as e:
-    run("pad_to_shape((1,))", {"label": tf.constant([3, 1])})
+    run("pad_to_shape((1,), key='label')", {"label": tf.constant([3, 1])})
   assert "pad_to_shape: 'label' has shape (2,)" in str(e.value)
   assert "larger than the wanted shape (1,)" in str(e.value)
   # Unknown length: the check runs inside tf.data.
   ds = tf.data.Dataset.from_tensor_slices(
       {"label": tf.ragged.constant([[1], [2, 3, 4]])}).map(
-          get_preprocess_fn("pad_to_shape((2,))"))
+          get_preprocess_fn("pad_to_shape((2,), key='label')"))
   with pytest.raises(tf.errors.InvalidArgumentError) as e:
     list(ds)
   msg = str(e.value)
@@ -631,11 +633,11 @@ def test_pad_to_shape_too_large_fails_naming_the_op():
 
 
 @pytest.mark.parametrize("pp, data, fragments", [
-    ("pad_to_shape((2, 2))", {"label": tf.constant([1])},
+    ("pad_to_shape((2, 2), key='label')", {"label": tf.constant([1])},
      ["rank 1", "rank 2"]),
-    ("pad_to_shape((-1,))", {"label": tf.constant([1])},
+    ("pad_to_shape((-1,), key='label')", {"label": tf.constant([1])},
      ["shape must be a tuple of ints >= 0 or None"]),
-    ("pad_to_shape((3,))", {"label": tf.constant([b"a"])},
+    ("pad_to_shape((3,), key='label')", {"label": tf.constant([b"a"])},
      ["pad_value 0 does not fit 'label' of dtype string"]),
     ("pad_to_shape((3,), key='nope')", {"label": tf.constant([1])},
      ["pad_to_shape", "['nope']"]),

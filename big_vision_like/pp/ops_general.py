@@ -77,16 +77,21 @@ def get_copy(inkey: str, outkey: str) -> Callable[[Example], Example]:
 
 
 @PP_OPS.register("onehot")
-def get_onehot(depth: int, key: str = "label", key_result: str | None = None,
+def get_onehot(depth: int, key: str = "labels", key_result: str | None = None,
                multi: bool = True, on: float = 1.0, off: float = 0.0,
                smoothing: float = 0.0) -> Callable[[Example], Example]:
-  """One-hot (float32) encodes integer labels.
+  """One-hot (float32) encodes integer labels, as big_vision's `onehot`.
 
-  A scalar label gives `[depth]`. A label vector (or RaggedTensor) gives a
-  multi-hot `[depth]` if `multi` (entries < 0 are padding and ignored),
-  otherwise one one-hot row per entry. `smoothing=s` sets on=1-s+s/depth and
-  off=s/depth (label smoothing); it cannot be combined with explicit on/off.
-  Labels outside [0, depth) fail at run time instead of giving zero rows.
+  A scalar label gives `[depth]` (`tf.one_hot(label, depth, on, off)`). A
+  label vector (or RaggedTensor) gives a multi-hot `[depth]` if `multi`
+  (`hot * (on - off) + off`), otherwise one one-hot row per entry.
+  `key` defaults to "labels" as in big_vision; ours only: when the example has
+  no "labels" but a "label" (TFDS' name), that default reads and writes
+  "label" (as our pp strings always did). Also ours only: entries < 0 in a
+  multi-hot label set are padding and ignored, labels outside [0, depth)
+  fail at run time (big_vision gives zero rows or fails), and
+  `smoothing=s` sets on=1-s+s/depth and off=s/depth (label smoothing); it
+  cannot be combined with explicit on/off.
   """
   if not isinstance(depth, int) or depth <= 0:
     raise ValueError(f"onehot: depth must be a positive int, got {depth!r}.")
@@ -96,26 +101,28 @@ def get_onehot(depth: int, key: str = "label", key_result: str | None = None,
     if (on, off) != (1.0, 0.0):
       raise ValueError("onehot: give either smoothing or on/off, not both.")
     on, off = 1.0 - smoothing + smoothing / depth, smoothing / depth
-  key_result = key_result or key
 
   def onehot(data):
-    _require(data, "onehot", key)
-    labels = data[key]
+    src = key
+    if key == "labels" and key not in data and "label" in data:
+      src = "label"
+    _require(data, "onehot", src)
+    labels = data[src]
     if isinstance(labels, tf.RaggedTensor):
       labels = labels.flat_values
     labels = tf.convert_to_tensor(labels)
     if not labels.dtype.is_integer:
-      raise ValueError(f"onehot: {key!r} must hold integer labels, got "
+      raise ValueError(f"onehot: {src!r} must hold integer labels, got "
                        f"{labels.dtype.name}.")
     if labels.shape.rank is None:
-      raise ValueError(f"onehot: {key!r} has unknown rank.")
+      raise ValueError(f"onehot: {src!r} has unknown rank.")
     labels = tf.cast(labels, tf.int32)
     as_multi_hot = multi and labels.shape.rank >= 1
     lowest = -tf.int32.max if as_multi_hot else 0  # Multi-hot: <0 = padding.
     # One check (not two assert ops): this runs per example on the hot path.
     in_range = tf.reduce_all((labels < depth) & (labels >= lowest))
     check = tf.debugging.Assert(in_range, [
-        f"pp op onehot: a {key!r} label is outside [0, {depth}):", labels])
+        f"pp op onehot: a {src!r} label is outside [0, {depth}):", labels])
     with tf.control_dependencies([check]):
       labels = tf.identity(labels)
     if as_multi_hot:
@@ -123,9 +130,12 @@ def get_onehot(depth: int, key: str = "label", key_result: str | None = None,
       flat = tf.reshape(labels, [-1])
       hot = tf.reduce_max(
           tf.concat([tf.one_hot(flat, depth), tf.zeros([1, depth])], 0), 0)
+      # big_vision's arithmetic, so that the float32 values agree exactly.
+      result = hot * (on - off) + off
     else:
-      hot = tf.one_hot(labels, depth)
-    return {**data, key_result: off + (on - off) * hot}
+      result = tf.one_hot(labels, depth, on_value=float(on),
+                          off_value=float(off), dtype=tf.float32)
+    return {**data, key_result or src: result}
   return onehot
 
 
@@ -150,20 +160,37 @@ def _fill_value(value: Any, dtype: tf.DType, key: str,
                      f"dtype {dtype.name}.") from e
 
 
+_PAD_WHERE = ("after", "before", "both")
+
+
 @PP_OPS.register("pad_to_shape")
-def get_pad_to_shape(shape: Any, pad_value: Any = 0, key: str = "label",
-                     key_result: str | None = None
+def get_pad_to_shape(shape: Any, pad_value: Any = 0, where: str = "after",
+                     key: str = "image", key_result: str | None = None,
+                     inkey: str | None = None, outkey: str | None = None
                      ) -> Callable[[Example], Example]:
-  """Pads `data[key]` at the end of each dimension up to a static `shape`.
+  """Pads `data[key]` with `pad_value` up to a static `shape`, as big_vision.
 
   `shape` has one entry per dimension; `None` leaves that dimension as it
   is. The result has that static shape, so variable-length features (label
-  sets, tokens, boxes) can be batched. A RaggedTensor is first made dense
-  with `pad_value`. A tensor that is LARGER than `shape` in some dimension
-  fails at run time (nothing is cut off silently).
+  sets, tokens, boxes) can be batched. `where` puts the padding "after" the
+  values, "before" them, or splits it ("both": the extra one after). As in
+  big_vision the key defaults to "image", and `inkey`/`outkey` may name the
+  input and output separately. Ours only: `key_result` (= `outkey`), a
+  RaggedTensor is first made dense with `pad_value`, and a tensor LARGER
+  than `shape` in some dimension fails (nothing is cut off silently).
   """
   dims = _static_dims(shape, "pad_to_shape")
-  key_result = key_result or key
+  if where not in _PAD_WHERE:
+    raise ValueError(f"pad_to_shape: where must be one of {_PAD_WHERE}, got "
+                     f"{where!r}.")
+  if key_result and outkey and key_result != outkey:
+    raise ValueError(f"pad_to_shape: give key_result or outkey, not both "
+                     f"({key_result!r}, {outkey!r}).")
+  if key != "image":  # big_vision: `key` names both input and output.
+    inkey, outkey = key, key_result or key
+  else:
+    inkey, outkey = inkey or key, key_result or outkey or key
+  key = inkey
 
   def pad_to_shape(data):
     _require(data, "pad_to_shape", key)
@@ -192,12 +219,14 @@ def get_pad_to_shape(shape: Any, pad_value: Any = 0, key: str = "label",
         [f"pp op pad_to_shape: key={key} has shape", actual,
          f"which is larger than the wanted shape {dims}"])
     with tf.control_dependencies([check]):
-      padded = tf.pad(value, tf.stack([tf.zeros_like(actual),
-                                       wanted - actual], axis=1),
-                      constant_values=fill)
+      extra = wanted - actual
+    before = {"after": tf.zeros_like(extra), "before": extra,
+              "both": extra // 2}[where]
+    padded = tf.pad(value, tf.stack([before, extra - before], axis=1),
+                    constant_values=fill)
     padded.set_shape([value.shape[i] if d is None else d
                       for i, d in enumerate(dims)])
-    return {**data, key_result: padded}
+    return {**data, outkey: padded}
   return pad_to_shape
 
 

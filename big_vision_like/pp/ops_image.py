@@ -1,16 +1,30 @@
 """Image preprocessing ops: decoding, resizing, cropping, flips, value range.
 
-All ops take `key="image"` and work on one HWC image. Resizes keep the input
-dtype (uint8 stays uint8, rounded), so the deterministic part of a pipeline
-stays compact when cached. Random ops are stateless: they read the seed that
-the builder puts in `data["_seed"]` and use `tf.image.stateless_*` ops, so the
-same (seed, example) always gives the same augmentation.
+The ops that big_vision also has (decode, resize, resize_small,
+central_crop, random_crop, inception_crop, decode_jpeg_and_inception_crop,
+flip_lr, value_range, vgg_value_range) take big_vision's arguments with
+big_vision's defaults and give exactly big_vision's tensors
+(tests/test_pp_bigvision.py checks them against outputs of big_vision's own
+code), so a pp string copied from a big_vision config preprocesses the same
+way here. Like big_vision's, they work on one HWC image under `key="image"`,
+or read `inkey` and write `outkey`.
+
+Resizes keep the input dtype as big_vision's do: the float result is clipped
+to the dtype's range and cast back, which TRUNCATES integers (a bilinear
+99.7 becomes 99 in uint8). Our ops also take `rounding="round"` to round to
+the nearest integer instead (unbiased; our earlier default).
+
+Random ops are stateless: they read the seed that the builder puts in
+`data["_seed"]` and use `tf.image.stateless_*` ops, so the same (seed,
+example) always gives the same augmentation. Their random streams therefore
+differ from big_vision's (stateful) ones; their distributions do not.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from big_vision_like.pp.builder import get_seed, random_op
@@ -55,20 +69,53 @@ def _image(data: Example, key: str, op: str) -> tf.Tensor:
   return image
 
 
-def _cast_like(image: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
-  """Casts a float result back to `dtype`, rounding and clipping integers."""
-  if dtype.is_integer:
-    image = tf.clip_by_value(tf.round(image), dtype.min, dtype.max)
-  return tf.cast(image, dtype)
+ROUNDINGS = ("truncate", "round")
 
 
-def _resize(image: tf.Tensor, hw, method: str) -> tf.Tensor:
+def _check_rounding(rounding: str, op: str) -> str:
+  if rounding not in ROUNDINGS:
+    raise ValueError(f"{op}: rounding must be one of {ROUNDINGS}, got "
+                     f"{rounding!r}.")
+  return rounding
+
+
+def _cast_like(image: tf.Tensor, dtype: tf.DType,
+               rounding: str = "round") -> tf.Tensor:
+  """Casts a float result back to `dtype`, clipped to the dtype's range.
+
+  "truncate" is big_vision's `tf.cast(tf.clip_by_value(x, min, max), dtype)`:
+  integers lose their fraction (99.7 -> 99). "round" first rounds integers to
+  the nearest value (halves to even: 0.5 -> 0, 1.5 -> 2).
+  """
+  if rounding == "round" and dtype.is_integer:
+    image = tf.round(image)
+  return tf.cast(tf.clip_by_value(image, dtype.min, dtype.max), dtype)
+
+
+def _resize(image: tf.Tensor, hw, method: str, antialias: bool = False,
+            rounding: str = "truncate") -> tf.Tensor:
+  """`tf.image.resize`, then back to the input dtype (see `_cast_like`)."""
   dtype = image.dtype
   if dtype.is_integer and method != "nearest":
     # Same values (the kernels compute in float32 anyway), but resizing a
     # float32 image is faster: about 0.2 ms less per ImageNet-size image.
     image = tf.cast(image, tf.float32)
-  return _cast_like(tf.image.resize(image, hw, method=method), dtype)
+  image = tf.image.resize(image, hw, method=method, antialias=antialias)
+  return _cast_like(image, dtype, rounding)
+
+
+def _keys(key: str, inkey: str | None, outkey: str | None
+          ) -> tuple[str, str]:
+  """(key read, key written), decided as big_vision's InKeyOutKey does.
+
+  `key` names both; with the default key, `inkey` and `outkey` name them
+  separately. (big_vision's `key` defaults to None; giving key="image" and
+  inkey/outkey at once is the one combination where we differ: there
+  big_vision would use "image" for both.)
+  """
+  if key != "image":
+    return key, key
+  return inkey or key, outkey or key
 
 
 def _to_channels(image: tf.Tensor, channels: int | None, op: str) -> tf.Tensor:
@@ -90,105 +137,152 @@ def _to_channels(image: tf.Tensor, channels: int | None, op: str) -> tf.Tensor:
                    f"{channels} channels.")
 
 
-@PP_OPS.register("decode")
-def get_decode(channels: int | None = 3, key: str = "image"
-               ) -> Callable[[Example], Example]:
-  """Decodes PNG/JPEG/GIF/BMP bytes to a uint8 HWC image.
 
-  `channels=None` keeps the file's channels. An already-decoded uint8 image
-  (TFDS decodes images unless told not to) passes through, converted to
-  `channels` like a decoded file would be, so the same pp string gives the
-  same shapes whether or not TFDS decoded the image.
+@PP_OPS.register("decode")
+def get_decode(channels: int | None = 3, precise: bool = False,
+               key: str = "image", inkey: str | None = None,
+               outkey: str | None = None) -> Callable[[Example], Example]:
+  """Decodes PNG/JPEG/GIF/BMP bytes to a uint8 HWC image (as big_vision).
+
+  `precise=True` decodes JPEGs with the accurate integer DCT (the pixels
+  PIL/OpenCV/PyTorch get; PNGs decode as usual). Ours only: `channels=None`
+  keeps the file's channels, and an already-decoded uint8 image (TFDS decodes
+  images unless told not to) passes through, converted to `channels` like a
+  decoded file would be, so the same pp string gives the same shapes whether
+  or not TFDS decoded the image.
   """
   if channels not in (None, 1, 3, 4):
     raise ValueError(f"decode: channels must be None, 1, 3 or 4, got "
                      f"{channels!r}.")
+  src, dst = _keys(key, inkey, outkey)
 
   def decode(data):
-    image = _image(data, key, "decode")
+    image = _image(data, src, "decode")
     if image.dtype == tf.string:
-      image = tf.io.decode_image(image, channels=channels or 0,
-                                 expand_animations=False)
+      if precise:
+        image = tf.image.decode_jpeg(image, channels=channels or 0,
+                                     dct_method="INTEGER_ACCURATE")
+      else:
+        image = tf.io.decode_image(image, channels=channels or 0,
+                                   expand_animations=False)
       image.set_shape([None, None, channels])
     elif image.dtype == tf.uint8:
       image = _to_channels(image, channels, "decode")
     else:
-      raise ValueError(f"decode: {key!r} must be encoded bytes or a uint8 "
+      raise ValueError(f"decode: {src!r} must be encoded bytes or a uint8 "
                        f"image, got {image.dtype.name}.")
-    return {**data, key: image}
+    return {**data, dst: image}
   return decode
 
 
 @PP_OPS.register("resize")
 def get_resize(size: int | Sequence[int], method: str = "bilinear",
-               key: str = "image") -> Callable[[Example], Example]:
-  """Resizes to `size` (int: square, or (height, width)); keeps the dtype."""
+               antialias: bool = False, rounding: str = "truncate",
+               key: str = "image", inkey: str | None = None,
+               outkey: str | None = None) -> Callable[[Example], Example]:
+  """Resizes to `size` (int: square, or (height, width)); keeps the dtype.
+
+  As big_vision: `tf.image.resize(image, size, method, antialias)`, then
+  clipped to the input dtype's range and cast back, so uint8 results are
+  truncated (99.7 -> 99). Ours only: `rounding="round"` rounds instead.
+  """
   hw = _hw(size, "resize")
   _check_method(method, "resize")
+  _check_rounding(rounding, "resize")
+  src, dst = _keys(key, inkey, outkey)
 
   def resize(data):
-    image = _image(data, key, "resize")
-    return {**data, key: _resize(image, hw, method)}
+    image = _image(data, src, "resize")
+    return {**data, dst: _resize(image, hw, method, antialias, rounding)}
   return resize
 
 
 @PP_OPS.register("resize_small")
-def get_resize_small(size: int, method: str = "bilinear", key: str = "image"
+def get_resize_small(smaller_size: int, method: str = "area",
+                     antialias: bool = False, rounding: str = "truncate",
+                     key: str = "image", inkey: str | None = None,
+                     outkey: str | None = None
                      ) -> Callable[[Example], Example]:
-  """Resizes so that the shorter side is `size`, keeping the aspect ratio."""
-  side = _hw(size, "resize_small")[0]
-  if not isinstance(size, int):
-    raise ValueError(f"resize_small: size must be an int, got {size!r}.")
+  """Resizes so that the shorter side is `smaller_size`, keeping the aspect.
+
+  As big_vision: by default with `method="area"` (big_vision's long-standing
+  default, which its published evaluations use; `method="bilinear"` was our
+  earlier default), the longer side is round(side * smaller_size / shorter)
+  computed in float32, and the result is cast back like `resize` does
+  (truncating integers; ours only: `rounding="round"`).
+  """
+  if (isinstance(smaller_size, bool) or not isinstance(smaller_size, int)
+      or smaller_size <= 0):
+    raise ValueError(f"resize_small: size must be a positive int, got "
+                     f"{smaller_size!r}.")
   _check_method(method, "resize_small")
+  _check_rounding(rounding, "resize_small")
+  src, dst = _keys(key, inkey, outkey)
 
   def resize_small(data):
-    image = _image(data, key, "resize_small")
-    h = tf.cast(tf.shape(image)[0], tf.float64)
-    w = tf.cast(tf.shape(image)[1], tf.float64)
-    scale = side / tf.minimum(h, w)
-    # The shorter side gets exactly `side`; the longer one is rounded.
-    new_h = tf.where(h <= w, tf.constant(side, tf.float64), tf.round(h * scale))
-    new_w = tf.where(h <= w, tf.round(w * scale), tf.constant(side, tf.float64))
-    hw = tf.cast(tf.stack([new_h, new_w]), tf.int32)
-    return {**data, key: _resize(image, hw, method)}
+    image = _image(data, src, "resize_small")
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    # float32 throughout, as big_vision, so that the sizes agree exactly.
+    factor = (tf.constant(smaller_size, tf.float32) /
+              tf.cast(tf.minimum(h, w), tf.float32))
+    new_h = tf.cast(tf.round(tf.cast(h, tf.float32) * factor), tf.int32)
+    new_w = tf.cast(tf.round(tf.cast(w, tf.float32) * factor), tf.int32)
+    out = _resize(image, tf.stack([new_h, new_w]), method, antialias,
+                  rounding)
+    return {**data, dst: out}
   return resize_small
 
 
 @PP_OPS.register("central_crop")
-def get_central_crop(size: int | Sequence[int], key: str = "image"
+def get_central_crop(crop_size: int | Sequence[int] | None = None,
+                     key: str = "image", inkey: str | None = None,
+                     outkey: str | None = None
                      ) -> Callable[[Example], Example]:
-  """Crops the central (height, width) window (offsets rounded down)."""
-  ch, cw = _hw(size, "central_crop")
+  """Crops the central (height, width) window (offsets rounded down).
+
+  `crop_size=None` takes the largest central square (as big_vision).
+  """
+  size = _hw(crop_size, "central_crop") if crop_size else None
+  src, dst = _keys(key, inkey, outkey)
 
   def central_crop(data):
-    image = _image(data, key, "central_crop")
+    image = _image(data, src, "central_crop")
     h, w = tf.shape(image)[0], tf.shape(image)[1]
+    if size is None:
+      ch = cw = tf.minimum(h, w)
+    else:
+      ch, cw = size
     check = tf.debugging.assert_greater_equal(
-        tf.stack([h, w]), [ch, cw],
-        message=f"pp op central_crop: image smaller than the crop {ch}x{cw}")
+        tf.stack([h, w]), tf.stack([ch, cw]),
+        message=f"pp op central_crop: image smaller than the crop {size}")
     with tf.control_dependencies([check]):
       top, left = (h - ch) // 2, (w - cw) // 2
     crop = image[top:top + ch, left:left + cw]
     # Static shape, so that eval batches (padded) and jit shapes are known.
-    crop.set_shape([ch, cw, image.shape[2] if image.shape.rank else None])
-    return {**data, key: crop}
+    channels = image.shape[2] if image.shape.rank else None
+    crop.set_shape([*(size or (None, None)), channels])
+    return {**data, dst: crop}
   return central_crop
 
 
 @PP_OPS.register("random_crop")
 @random_op
-def get_random_crop(size: int | Sequence[int], pad: int = 0,
-                    key: str = "image") -> Callable[[Example], Example]:
-  """Random (height, width) crop, after zero-padding `pad` pixels per side.
+def get_random_crop(crop_size: int | Sequence[int], pad: int = 0,
+                    key: str = "image", inkey: str | None = None,
+                    outkey: str | None = None
+                    ) -> Callable[[Example], Example]:
+  """Uniformly random (height, width) crop, as big_vision's.
 
+  Ours only: `pad` zero-pads that many pixels per side first;
   `random_crop(32, pad=4)` on 32x32 images is the classic CIFAR augmentation.
   """
-  ch, cw = _hw(size, "random_crop")
+  ch, cw = _hw(crop_size, "random_crop")
   if not isinstance(pad, int) or pad < 0:
     raise ValueError(f"random_crop: pad must be an int >= 0, got {pad!r}.")
+  src, dst = _keys(key, inkey, outkey)
 
   def random_crop(data):
-    image = _image(data, key, "random_crop")
+    image = _image(data, src, "random_crop")
     seed = get_seed(data, "random_crop")
     if pad:
       image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
@@ -200,29 +294,42 @@ def get_random_crop(size: int | Sequence[int], pad: int = 0,
       crop_shape = tf.stack([ch, cw, tf.shape(image)[2]])
     out = tf.image.stateless_random_crop(image, crop_shape, seed=seed)
     out.set_shape([ch, cw, image.shape[2]])
-    return {**data, key: out}
+    return {**data, dst: out}
   return random_crop
 
 
-def _check_area(area_min: float, area_max: float, op: str) -> None:
+def _check_crop_args(area_min: float, area_max: float, ratio_min: float,
+                     ratio_max: float, max_attempts: int, op: str) -> None:
   if not 0 < area_min <= area_max <= 100:
     raise ValueError(f"{op}: need 0 < area_min <= area_max <= 100 (percent "
                      f"of the image area), got {area_min}, {area_max}.")
+  if not all(isinstance(r, (int, float)) and not isinstance(r, bool)
+             for r in (ratio_min, ratio_max)) or not 0 < ratio_min <= ratio_max:
+    raise ValueError(f"{op}: need numbers 0 < ratio_min <= ratio_max (width "
+                     f"/ height of the crop), got {ratio_min!r}, "
+                     f"{ratio_max!r}.")
+  if (isinstance(max_attempts, bool) or not isinstance(max_attempts, int)
+      or max_attempts < 1):
+    raise ValueError(f"{op}: max_attempts must be an int >= 1, got "
+                     f"{max_attempts!r}.")
 
 
 def _inception_window(shape: tf.Tensor, seed: tf.Tensor, area_min: float,
-                      area_max: float) -> tuple[tf.Tensor, tf.Tensor]:
+                      area_max: float, ratio_min: float, ratio_max: float,
+                      max_attempts: int) -> tuple[tf.Tensor, tf.Tensor]:
   """Samples a crop (begin [y, x, 0], size [h, w, -1]) of the given image shape.
 
   The crop covers area_min..area_max percent of the image, with an aspect ratio
-  in [3/4, 4/3] (Szegedy et al., "Going deeper with convolutions"); if no such
-  window is found the whole image is used.
+  (width / height) in [ratio_min, ratio_max] (Szegedy et al., "Going deeper
+  with convolutions"); if `max_attempts` draws find no such window that fits,
+  the whole image is used. big_vision samples the same way (its defaults:
+  ratios 0.75..1.33, 100 attempts), with a stateful RNG.
   """
   whole = tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4])
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
       shape, bounding_boxes=whole, seed=seed, min_object_covered=0.0,
-      aspect_ratio_range=(3 / 4, 4 / 3),
-      area_range=(area_min / 100, area_max / 100), max_attempts=32,
+      aspect_ratio_range=(ratio_min, ratio_max),
+      area_range=(area_min / 100, area_max / 100), max_attempts=max_attempts,
       use_image_if_no_bounding_boxes=True)
   return begin, size
 
@@ -231,25 +338,37 @@ def _inception_window(shape: tf.Tensor, seed: tf.Tensor, area_min: float,
 @random_op
 def get_inception_crop(size: int | Sequence[int] | None = None,
                        area_min: float = 5, area_max: float = 100,
-                       method: str = "bilinear", key: str = "image"
+                       method: str = "bilinear", antialias: bool = False,
+                       ratio_min: float = 0.75, ratio_max: float = 1.33,
+                       max_attempts: int = 100, rounding: str = "truncate",
+                       key: str = "image", inkey: str | None = None,
+                       outkey: str | None = None
                        ) -> Callable[[Example], Example]:
   """Random crop of area_min..area_max percent of the area, then resize.
 
-  `size=None` returns the crop without resizing.
+  big_vision's arguments and defaults; the resize is `resize(size, method,
+  antialias)`. `size=None` returns the crop without resizing. Ours only:
+  `ratio_min`/`ratio_max` (the aspect ratio range, big_vision's fixed
+  0.75..1.33), `max_attempts` (big_vision: 100) and `rounding`.
   """
-  hw = None if size is None else _hw(size, "inception_crop")
-  _check_area(area_min, area_max, "inception_crop")
-  _check_method(method, "inception_crop")
+  op = "inception_crop"
+  hw = _hw(size, op) if size else None
+  _check_crop_args(area_min, area_max, ratio_min, ratio_max, max_attempts, op)
+  _check_method(method, op)
+  _check_rounding(rounding, op)
+  src, dst = _keys(key, inkey, outkey)
 
   def inception_crop(data):
-    image = _image(data, key, "inception_crop")
-    seed = get_seed(data, "inception_crop")
+    image = _image(data, src, op)
+    seed = get_seed(data, op)
     begin, crop_size = _inception_window(tf.shape(image), seed, area_min,
-                                         area_max)
+                                         area_max, ratio_min, ratio_max,
+                                         max_attempts)
     crop = tf.slice(image, begin, crop_size)
+    crop.set_shape([None, None, image.shape[-1]])
     if hw is not None:
-      crop = _resize(crop, hw, method)
-    return {**data, key: crop}
+      crop = _resize(crop, hw, method, antialias, rounding)
+    return {**data, dst: crop}
   return inception_crop
 
 
@@ -265,37 +384,43 @@ def _jpeg_bytes(data: Example, key: str, op: str, instead: str) -> tf.Tensor:
   return encoded
 
 
-def _decode_window(encoded: tf.Tensor, window: tf.Tensor, hw, method: str
-                   ) -> tf.Tensor:
+def _decode_window(encoded: tf.Tensor, window: tf.Tensor, hw, method: str,
+                   antialias: bool, rounding: str) -> tf.Tensor:
   """Decodes only `window` ([y, x, h, w]) of a JPEG, then resizes to hw."""
   crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
   crop.set_shape([None, None, 3])
-  return crop if hw is None else _resize(crop, hw, method)
+  return crop if hw is None else _resize(crop, hw, method, antialias, rounding)
 
 
 @PP_OPS.register("decode_jpeg_and_inception_crop")
 @random_op
 def get_decode_jpeg_and_inception_crop(
     size: int | Sequence[int] | None = None, area_min: float = 5,
-    area_max: float = 100, method: str = "bilinear", key: str = "image"
+    area_max: float = 100, ratio_min: float = 0.75, ratio_max: float = 1.33,
+    method: str = "bilinear", antialias: bool = False,
+    max_attempts: int = 100, rounding: str = "truncate", key: str = "image"
 ) -> Callable[[Example], Example]:
   """`decode|inception_crop(...)` fused: decodes only the crop of a JPEG.
 
-  Needs JPEG bytes (the input pipeline keeps images encoded when a pp string
-  uses this op). Same crop distribution as `inception_crop`, always RGB.
+  big_vision's arguments and defaults (aspect ratios 0.75..1.33). Needs JPEG
+  bytes (the input pipeline keeps images encoded when a pp string uses this
+  op). Same crop distribution as `inception_crop`, always RGB. Ours only:
+  `max_attempts` (big_vision: 100) and `rounding`.
   """
-  hw = None if size is None else _hw(size, "decode_jpeg_and_inception_crop")
-  _check_area(area_min, area_max, "decode_jpeg_and_inception_crop")
-  _check_method(method, "decode_jpeg_and_inception_crop")
+  op = "decode_jpeg_and_inception_crop"
+  hw = _hw(size, op) if size else None
+  _check_crop_args(area_min, area_max, ratio_min, ratio_max, max_attempts, op)
+  _check_method(method, op)
+  _check_rounding(rounding, op)
 
   def decode_jpeg_and_inception_crop(data):
-    op = "decode_jpeg_and_inception_crop"
     encoded = _jpeg_bytes(data, key, op, "decode|inception_crop")
     seed = get_seed(data, op)
     shape = tf.image.extract_jpeg_shape(encoded)
-    begin, crop_size = _inception_window(shape, seed, area_min, area_max)
+    begin, crop_size = _inception_window(shape, seed, area_min, area_max,
+                                         ratio_min, ratio_max, max_attempts)
     window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
-    crop = _decode_window(encoded, window, hw, method)
+    crop = _decode_window(encoded, window, hw, method, antialias, rounding)
     return {**data, key: crop}
   return decode_jpeg_and_inception_crop
 
@@ -303,17 +428,23 @@ def get_decode_jpeg_and_inception_crop(
 @PP_OPS.register("decode_jpeg_and_central_crop")
 def get_decode_jpeg_and_central_crop(
     size: int | Sequence[int], crop_fraction: float = 0.875,
-    method: str = "bilinear", key: str = "image"
+    method: str = "bilinear", antialias: bool = False,
+    rounding: str = "round", key: str = "image"
 ) -> Callable[[Example], Example]:
   """The standard ImageNet eval crop, decoding only the crop of a JPEG.
 
-  Takes the central square whose side is `crop_fraction` of the shorter image
-  side (0.875 = 224/256), decodes just that window and resizes it to `size`.
-  This is the same view as `decode|resize_small(256)|central_crop(224)` (it
-  crops before resizing instead of after, so pixels differ by interpolation
-  only) and avoids decoding and resizing the pixels that are thrown away.
-  Needs JPEG bytes (the input pipeline keeps images encoded for this op);
-  output is uint8 RGB.
+  Ours only (big_vision has no such op). Takes the central square whose side
+  is `crop_fraction` of the shorter image side (0.875 = 224/256), decodes
+  just that window and resizes it to `size` (bilinear, rounded to the
+  nearest integer by default). This is the same view as
+  `decode|resize_small(256)|central_crop(224)` (it crops before resizing
+  instead of after, so pixels differ by interpolation only) and avoids
+  decoding and resizing the pixels that are thrown away. Needs JPEG bytes
+  (the input pipeline keeps images encoded for this op); output is uint8 RGB.
+  Its pixels are NOT big_vision's: to reproduce big_vision's eval numbers
+  exactly, use big_vision's `decode|resize_small(256)|central_crop(224)`
+  (area resize of the whole image; about 2 levels apart on average, up to
+  ~20, on a 300x400 JPEG).
   """
   op = "decode_jpeg_and_central_crop"
   hw = _hw(size, op)
@@ -321,6 +452,7 @@ def get_decode_jpeg_and_central_crop(
     raise ValueError(f"{op}: crop_fraction must be in (0, 1], got "
                      f"{crop_fraction!r}.")
   _check_method(method, op)
+  _check_rounding(rounding, op)
 
   def decode_jpeg_and_central_crop(data):
     encoded = _jpeg_bytes(data, key, op, "decode|resize_small|central_crop")
@@ -330,7 +462,7 @@ def get_decode_jpeg_and_central_crop(
                                                     tf.float32)), tf.int32)
     side = tf.maximum(side, 1)
     window = tf.stack([(h - side) // 2, (w - side) // 2, side, side])
-    crop = _decode_window(encoded, window, hw, method)
+    crop = _decode_window(encoded, window, hw, method, antialias, rounding)
     crop.set_shape([hw[0], hw[1], 3])
     return {**data, key: crop}
   return decode_jpeg_and_central_crop
@@ -338,30 +470,65 @@ def get_decode_jpeg_and_central_crop(
 
 @PP_OPS.register("flip_lr")
 @random_op
-def get_flip_lr(key: str = "image") -> Callable[[Example], Example]:
+def get_flip_lr(key: str = "image", inkey: str | None = None,
+                outkey: str | None = None) -> Callable[[Example], Example]:
   """Flips the image left-right with probability 1/2."""
+  src, dst = _keys(key, inkey, outkey)
 
   def flip_lr(data):
-    image = _image(data, key, "flip_lr")
+    image = _image(data, src, "flip_lr")
     seed = get_seed(data, "flip_lr")
-    return {**data, key: tf.image.stateless_random_flip_left_right(image, seed)}
+    return {**data, dst: tf.image.stateless_random_flip_left_right(image, seed)}
   return flip_lr
 
 
+def _per_channel(value: Any, name: str) -> Any:
+  """A number, or a list of numbers (one per channel)."""
+  ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
+      isinstance(value, (list, tuple)) and value and all(
+          isinstance(v, (int, float)) and not isinstance(v, bool)
+          for v in value))
+  if not ok:
+    raise ValueError(f"value_range: {name} must be a number or a list of "
+                     f"numbers (one per channel), got {value!r}.")
+  return list(value) if isinstance(value, (list, tuple)) else value
+
+
 @PP_OPS.register("value_range")
-def get_value_range(vmin: float, vmax: float, in_min: float = 0,
-                    in_max: float = 255, clip_values: bool = False,
-                    key: str = "image") -> Callable[[Example], Example]:
-  """Maps [in_min, in_max] linearly to [vmin, vmax] as float32."""
-  if in_max == in_min:
-    raise ValueError(f"value_range: in_min and in_max are both {in_min}.")
+def get_value_range(vmin: float = -1, vmax: float = 1, in_min: Any = 0,
+                    in_max: Any = 255.0, clip_values: bool = False,
+                    key: str = "image", inkey: str | None = None,
+                    outkey: str | None = None
+                    ) -> Callable[[Example], Example]:
+  """Maps [in_min, in_max] linearly to [vmin, vmax] as float32.
+
+  big_vision's op, arithmetic included (float32: `vmin + (x - in_min) /
+  (in_max - in_min) * (vmax - vmin)`). `in_min`/`in_max` may be lists, one
+  value per channel. `clip_values` clips the result to [vmin, vmax] (ours
+  also when vmin > vmax, where big_vision's clip would give vmax everywhere).
+  """
+  in_min = _per_channel(in_min, "in_min")
+  in_max = _per_channel(in_max, "in_max")
+  try:
+    span = np.asarray(in_max, np.float64) - np.asarray(in_min, np.float64)
+  except ValueError as e:
+    raise ValueError(f"value_range: in_min {in_min} and in_max {in_max} "
+                     f"have different lengths.") from e
+  if np.any(span == 0):
+    raise ValueError(f"value_range: in_min and in_max are both {in_min} (in "
+                     f"some channel).")
+  lo, hi = min(vmin, vmax), max(vmin, vmax)
+  src, dst = _keys(key, inkey, outkey)
 
   def value_range(data):
-    image = tf.cast(_image(data, key, "value_range"), tf.float32)
-    image = (image - in_min) / (in_max - in_min) * (vmax - vmin) + vmin
+    image = tf.cast(_image(data, src, "value_range"), tf.float32)
+    in_min_t = tf.constant(in_min, tf.float32)
+    in_max_t = tf.constant(in_max, tf.float32)
+    image = (image - in_min_t) / (in_max_t - in_min_t)
+    image = vmin + image * (vmax - vmin)
     if clip_values:
-      image = tf.clip_by_value(image, min(vmin, vmax), max(vmin, vmax))
-    return {**data, key: image}
+      image = tf.clip_by_value(image, lo, hi)
+    return {**data, dst: image}
   return value_range
 
 
@@ -372,23 +539,28 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @PP_OPS.register("vgg_value_range")
-def get_vgg_value_range(key: str = "image") -> Callable[[Example], Example]:
-  """Standardises an RGB image in [0, 255] with ImageNet's statistics.
+def get_vgg_value_range(
+    mean: Sequence[float] = tuple(m * 255 for m in IMAGENET_MEAN),
+    std: Sequence[float] = tuple(s * 255 for s in IMAGENET_STD),
+    key: str = "image", inkey: str | None = None, outkey: str | None = None
+) -> Callable[[Example], Example]:
+  """Standardises an RGB image in [0, 255]: float32 `(x - mean) / std`.
 
-  float32 `(x / 255 - mean) / std` per channel, mean (0.485, 0.456, 0.406),
-  std (0.229, 0.224, 0.225): the input normalisation of torchvision-style
-  ImageNet models.
+  As big_vision, per channel on the [0, 255] scale: by default ImageNet's
+  mean (0.485, 0.456, 0.406) * 255 and std (0.229, 0.224, 0.225) * 255, the
+  input normalisation of VGG-era and torchvision-style ImageNet models.
   """
+  mean_t = tf.constant(mean, tf.float32)
+  std_t = tf.constant(std, tf.float32)
+  src, dst = _keys(key, inkey, outkey)
 
   def vgg_value_range(data):
-    image = _image(data, key, "vgg_value_range")
-    if image.shape.rank == 3 and image.shape[-1] not in (None, 3):
-      raise ValueError(f"vgg_value_range: {key!r} must be an RGB image (3 "
+    image = _image(data, src, "vgg_value_range")
+    if (mean_t.shape.rank and mean_t.shape[-1] == 3 and image.shape.rank == 3
+        and image.shape[-1] not in (None, 3)):
+      raise ValueError(f"vgg_value_range: {src!r} must be an RGB image (3 "
                        f"channels), got shape {image.shape}.")
-    image = tf.cast(image, tf.float32) / 255.0
-    mean = tf.constant(IMAGENET_MEAN, tf.float32)
-    std = tf.constant(IMAGENET_STD, tf.float32)
-    return {**data, key: (image - mean) / std}
+    return {**data, dst: (tf.cast(image, tf.float32) - mean_t) / std_t}
   return vgg_value_range
 
 

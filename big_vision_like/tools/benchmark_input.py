@@ -56,8 +56,11 @@ TRAIN_PP = (f"decode_jpeg_and_inception_crop({IMAGE_SIZE})|flip_lr|"
 RANDAUG_PP = (f"decode_jpeg_and_inception_crop({IMAGE_SIZE})|flip_lr|"
               f"randaug(2, 15)|value_range(-1, 1)|onehot(1000)")
 # The classic spelling of the eval crop; EVAL_PP decodes only the crop.
-RESIZE_SMALL_EVAL_PP = (f"decode|resize_small(256)|central_crop({IMAGE_SIZE})|"
-                        f"value_range(-1, 1)|onehot(1000)")
+# Bilinear and rounded, like the bare pipeline it is compared with
+# (big_vision's resize_small defaults to method="area", truncated).
+RESIZE_SMALL_EVAL_PP = (
+    "decode|resize_small(256, method='bilinear', rounding='round')|"
+    f"central_crop({IMAGE_SIZE})|value_range(-1, 1)|onehot(1000)")
 # Our eval pipeline leaves uint8 images: the float conversion runs on the
 # device (config.device_value_range), as in configs/vit_i1k.py.
 EVAL_PP = f"decode_jpeg_and_central_crop({IMAGE_SIZE})|onehot(1000)"
