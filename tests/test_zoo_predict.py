@@ -124,13 +124,28 @@ def test_vit_224_weights_load_at_384():
   assert logits.shape == (1, 3) and np.all(np.isfinite(logits))
 
 
-def test_zero_shot_matches_open_clip_classifier():
+def test_zero_shot_matches_open_clip_classifier(tmp_path):
+  import tensorflow_datasets as tfds
+  from big_vision_like.evaluators import zeroshot
+  from tests.helpers import write_tfds
   io = np.load(FIX / "clip_zeroshot_io.npz")
   meta = json.loads((FIX / "clip_zeroshot_prompts.json").read_text())
   p = predict.Predictor.from_zoo("test/clip_zeroshot")
   zs = p.zero_shot(meta["classnames"], prompts=meta["templates"])
   # open_clip's classifier is [D, C]; ours [C, D].
   assert np.max(np.abs(zs.weights.T - io["classifier"])) < 1e-5
+  # The zero-shot *evaluator* builds the same classifier from the same names.
+  features = tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+      "label": tfds.features.ClassLabel(num_classes=5)})
+  data = write_tfds(tmp_path, "zs_images", {"test": [
+      {"image": np.zeros((32, 32, 3), np.uint8), "label": 0}]}, features)
+  ev = zeroshot.Evaluator(p.exp.predict_fn, data=data, pp=TINY_CLIP.pp, batch_size=2,
+                          mesh=p.exp.mesh, data_axes=p.exp.data_axes,
+                          class_names=meta["classnames"], prompts=meta["templates"],
+                          pp_txt=TINY_CLIP.text_pp)
+  weights, _ = ev.class_embeddings(p.params)
+  assert np.max(np.abs(weights.T - io["classifier"])) < 1e-5
   zimg = np.asarray(p.exp.predict_fn(p.params, {"image": io["images"]})["zimg"])
   assert np.max(np.abs(zimg - io["image_features_normed"])) < 1e-4
   assert np.max(np.abs(100 * zimg @ zs.weights.T - io["scores"])) < 1e-2
