@@ -109,8 +109,12 @@ def from_ours(params: dict, fields: dict) -> dict[str, np.ndarray]:
     problems.append("towers must be vit + text_transformer")
   if image.get("pool_type") != "tok" or not image.get("ln_pre"):
     problems.append("the image tower needs pool_type='tok' and ln_pre=True")
-  if not text.get("causal") or text.get("pool_type") not in ("argmax", "last"):
-    problems.append("the text tower needs causal=True and argmax/last pooling")
+  for field, ok in (("posemb", "learn"), ("conv_stem", ()), ("rep_size", False)):
+    if image.get(field, ok) not in (ok, None) and image.get(field) != list(ok or []):
+      problems.append(f"image.{field}={image.get(field)!r} has no open_clip equivalent")
+  if not text.get("causal") or text.get("pool_type") not in ("argmax", "end"):
+    problems.append("the text tower needs causal=True and pool_type 'argmax' (open_clip's "
+                    "default) or 'end' (its 'last')")
   params = tree_lib.unstack_blocks_in(params)
   p = {k: np.asarray(v) for k, v in tree_lib.flatten(params).items()}
   for name in ("img/embedding/bias", "img/head/bias", "txt/head/bias"):

@@ -150,11 +150,14 @@ def vit_to_ours(sd: dict[str, np.ndarray]) -> tuple[str, dict, dict]:
 
 def vit_from_ours(params: dict, fields: dict) -> dict[str, np.ndarray]:
   """Our ViT params -> a timm VisionTransformer state dict."""
-  if fields.get("pool_type") not in ("tok", "gap") or fields.get("ln_pre") \
-      or fields.get("conv_stem") or fields.get("posemb", "learn") != "learn":
-    raise ValueError("export to timm: only ViTs with pool_type 'tok'/'gap', a learned "
-                     "position embedding, no conv stem and no ln_pre map onto timm's "
-                     f"VisionTransformer (got {fields})")
+  bad = {k: fields.get(k) for k, ok in (("pool_type", ("tok", "gap")), ("ln_pre", (False, None)),
+                                        ("conv_stem", ((), [], None)), ("rep_size", (False, None)),
+                                        ("posemb", ("learn", None)))
+         if fields.get(k) not in ok}
+  if bad:
+    raise ValueError("export to timm: these ViT fields have no equivalent in timm's "
+                     f"VisionTransformer: {bad} (it needs pool_type 'tok'/'gap', a learned "
+                     "position embedding, no conv stem, ln_pre or pre-logits layer)")
   params = tree_lib.unstack_blocks_in(params)
   p = {k: np.asarray(v) for k, v in tree_lib.flatten(params).items()}
   out = {"patch_embed.proj.weight": np.transpose(p["embedding/kernel"], (3, 2, 0, 1)),
@@ -220,6 +223,10 @@ def resnetv2_to_ours(sd: dict[str, np.ndarray]) -> tuple[str, dict, dict]:
 
 def resnetv2_from_ours(params: dict, fields: dict) -> dict[str, np.ndarray]:
   """Our ResNet params -> a timm ResNetV2 state dict."""
+  if fields.get("padding", "symmetric") != "symmetric":
+    raise ValueError(f"export to timm: model.padding={fields.get('padding')!r}; timm's "
+                     "ResNetV2 pads symmetrically, so its logits would differ (train with "
+                     "padding='symmetric')")
   if fields.get("stem", "imagenet") != "imagenet":
     raise ValueError(f"export to timm: ResNetV2 has the 7x7 'imagenet' stem; this model "
                      f"has stem={fields.get('stem')!r}")
