@@ -272,3 +272,16 @@ def test_cli_exports_a_checkpoint(runs, tmp_path):
   assert "timm.create_model(\"vit_base_patch16_224\"" in sidecar["load"]["python"]
   back = fit.fit(convert.import_weights(str(out)).params, run.exp.abstract_params)
   _assert_same_params(back, run.params[3])
+
+
+def test_predictor_from_workdir_gives_the_checkpoints_logits(runs):
+  """predict.Predictor.from_workdir: config.json + newest checkpoint + a pp string."""
+  from big_vision_like import predict
+  run = runs["vit_tok"]
+  p = predict.Predictor.from_workdir(run.workdir, pp="value_range(-1, 1)")
+  images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+  want = run.exp.predict_fn(run.params[3], {"image": images / 127.5 - 1})
+  np.testing.assert_allclose(p.predict(list(images)), np.asarray(want), atol=1e-5)
+  assert p.embed_images(list(images)).shape == (3, 32)
+  with pytest.raises(ValueError, match="no evaluator pp"):
+    predict.Predictor.from_workdir(run.workdir)
