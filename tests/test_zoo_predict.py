@@ -114,13 +114,14 @@ def test_vit_224_weights_load_at_384():
   small = vit.ViT(num_classes=3, width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=16,
                   pool_type="tok")
   big = small.clone(num_classes=3)
-  p224 = small.init(jax.random.key(0), np.zeros((1, 224, 224, 3), np.float32))["params"]
+  p224 = jax.jit(lambda: small.init(jax.random.key(0),
+                                    np.zeros((1, 224, 224, 3), np.float32))["params"])()
   target = jax.eval_shape(lambda: big.init(jax.random.key(1),
                                            np.zeros((1, 384, 384, 3), np.float32))["params"])
   p384 = fit.fit(jax.tree.map(np.asarray, p224), target)
   assert p384["pos_embedding"].shape == (1, 1 + 24 * 24, 32)
   np.testing.assert_array_equal(p384["pos_embedding"][:, 0], p224["pos_embedding"][:, 0])
-  logits, _ = big.apply({"params": p384}, np.ones((1, 384, 384, 3), np.float32))
+  logits, _ = jax.jit(big.apply)({"params": p384}, np.ones((1, 384, 384, 3), np.float32))
   assert logits.shape == (1, 3) and np.all(np.isfinite(logits))
 
 
