@@ -91,7 +91,13 @@ class Predictor:
   # -- Inference.
 
   def preprocess(self, images: Sequence[Any]) -> np.ndarray:
-    """Each image (path, encoded bytes or uint8 array) through the pp string."""
+    """Each image (path, encoded bytes or uint8 array) through the pp string.
+
+    Files are read and preprocessed by a parallel tf.data pipeline; arrays and
+    bytes one by one.
+    """
+    if images and all(isinstance(i, (str, os.PathLike)) for i in images):
+      return self._preprocess_files([os.fspath(i) for i in images])
     out = []
     for i, image in enumerate(images):
       if isinstance(image, (str, os.PathLike)):
@@ -104,6 +110,25 @@ class Predictor:
       except (tf.errors.InvalidArgumentError, ValueError) as e:
         raise ValueError(f"image {i} ({images[i] if isinstance(images[i], str) else 'array'})"
                          f": pp {self.pp!r} failed: {str(e).splitlines()[0]}") from None
+    shapes = {x.shape for x in out}
+    if len(shapes) > 1:
+      raise ValueError(f"pp {self.pp!r} gives images of different shapes {sorted(shapes)}; "
+                       "end it with a fixed-size crop/resize")
+    return np.stack(out)
+
+  def _preprocess_files(self, paths: list[str]) -> np.ndarray:
+    for path in paths:
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"image {path} does not exist")
+    pp_fn = pp_builder.get_preprocess_fn(self.pp)
+    ds = tf.data.Dataset.from_tensor_slices(paths).map(
+        lambda path: pp_fn({"image": tf.io.read_file(path)})["image"],
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    try:
+      out = list(ds.as_numpy_iterator())
+    except tf.errors.InvalidArgumentError as e:
+      raise ValueError(f"pp {self.pp!r} failed on one of {len(paths)} images "
+                       f"({str(e).splitlines()[0][:300]})") from None
     shapes = {x.shape for x in out}
     if len(shapes) > 1:
       raise ValueError(f"pp {self.pp!r} gives images of different shapes {sorted(shapes)}; "
