@@ -110,11 +110,7 @@ class Predictor:
       except (tf.errors.InvalidArgumentError, ValueError) as e:
         raise ValueError(f"image {i} ({images[i] if isinstance(images[i], str) else 'array'})"
                          f": pp {self.pp!r} failed: {str(e).splitlines()[0]}") from None
-    shapes = {x.shape for x in out}
-    if len(shapes) > 1:
-      raise ValueError(f"pp {self.pp!r} gives images of different shapes {sorted(shapes)}; "
-                       "end it with a fixed-size crop/resize")
-    return np.stack(out)
+    return self._stack(out)
 
   def _preprocess_files(self, paths: list[str]) -> np.ndarray:
     for path in paths:
@@ -129,11 +125,15 @@ class Predictor:
     except tf.errors.InvalidArgumentError as e:
       raise ValueError(f"pp {self.pp!r} failed on one of {len(paths)} images "
                        f"({str(e).splitlines()[0][:300]})") from None
-    shapes = {x.shape for x in out}
+    return self._stack(out)
+
+  def _stack(self, images: list[np.ndarray]) -> np.ndarray:
+    """One batch of preprocessed images, or an error if the pp left sizes differing."""
+    shapes = {x.shape for x in images}
     if len(shapes) > 1:
       raise ValueError(f"pp {self.pp!r} gives images of different shapes {sorted(shapes)}; "
                        "end it with a fixed-size crop/resize")
-    return np.stack(out)
+    return np.stack(images)
 
   def _batched(self, fn, arrays: np.ndarray, batch: int = _BATCH) -> np.ndarray:
     n_dev = self.exp.mesh.size

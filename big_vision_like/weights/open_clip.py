@@ -25,7 +25,8 @@ import numpy as np
 from big_vision_like.weights import timm as timm_lib
 from big_vision_like.weights import tree as tree_lib
 
-_BLOCK = dict(qkv="attn.in_proj", proj="attn.out_proj", norms=("ln_1", "ln_2"),
+_BLOCK = dict(qkv=("attn.in_proj_weight", "attn.in_proj_bias"), proj="attn.out_proj",
+              norms=("ln_1", "ln_2"),
               fc=("mlp.c_fc", "mlp.c_proj"))
 # Facts of open_clip's models that the tensors do not show: torch's LayerNorm
 # eps and open_clip's default head width of 64 channels.

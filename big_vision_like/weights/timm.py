@@ -55,13 +55,15 @@ def _check_all_used(sd: dict, used: set, what: str) -> None:
                      f"feature we do not have?): {left[:12]}{' ...' if len(left) > 12 else ''}")
 
 
-def _transformer_block(sd: dict, p: str, used: set, qkv: str, proj: str,
+def _transformer_block(sd: dict, p: str, used: set, qkv: tuple[str, str], proj: str,
                        norms: tuple[str, str], fc: tuple[str, str]) -> dict:
-  """One pre-LN block (timm or open_clip naming) in our layout, heads merged."""
-  w, b = sd[f"{p}.{qkv}.weight" if qkv == "attn.qkv" else f"{p}.attn.in_proj_weight"], \
-      sd[f"{p}.{qkv}.bias" if qkv == "attn.qkv" else f"{p}.attn.in_proj_bias"]
-  used.update({f"{p}.{qkv}.weight", f"{p}.{qkv}.bias"} if qkv == "attn.qkv"
-              else {f"{p}.attn.in_proj_weight", f"{p}.attn.in_proj_bias"})
+  """One pre-LN block (timm or open_clip naming) in our layout, heads merged.
+
+  `qkv` names the fused q/k/v (weight, bias) tensors within the block.
+  """
+  w_key, b_key = f"{p}.{qkv[0]}", f"{p}.{qkv[1]}"
+  w, b = sd[w_key], sd[b_key]
+  used.update({w_key, b_key})
   width = w.shape[1]
   attn = {name: {"kernel": w[i * width:(i + 1) * width].T, "bias": b[i * width:(i + 1) * width]}
           for i, name in enumerate(("query", "key", "value"))}
@@ -73,7 +75,8 @@ def _transformer_block(sd: dict, p: str, used: set, qkv: str, proj: str,
                          "Dense_1": _linear(sd, f"{p}.{fc[1]}", used)}}
 
 
-def block_from_ours(block: dict, p: str, qkv: str, proj: str, norms: tuple[str, str],
+def block_from_ours(block: dict, p: str, qkv: tuple[str, str], proj: str,
+                    norms: tuple[str, str],
                     fc: tuple[str, str]) -> dict[str, np.ndarray]:
   """The inverse of `_transformer_block` (our per-head kernels are merged)."""
   attn = block["MultiHeadDotProductAttention_0"]
@@ -82,8 +85,7 @@ def block_from_ours(block: dict, p: str, qkv: str, proj: str, norms: tuple[str, 
   bias = lambda n: np.asarray(attn[n]["bias"]).reshape(-1)
   w = np.concatenate([kern(n).T for n in ("query", "key", "value")])
   b = np.concatenate([bias(n) for n in ("query", "key", "value")])
-  out = ({f"{p}.{qkv}.weight": w, f"{p}.{qkv}.bias": b} if qkv == "attn.qkv"
-         else {f"{p}.attn.in_proj_weight": w, f"{p}.attn.in_proj_bias": b})
+  out = {f"{p}.{qkv[0]}": w, f"{p}.{qkv[1]}": b}
   out[f"{p}.{proj}.weight"] = np.asarray(attn["out"]["kernel"]).reshape(-1, width).T
   out[f"{p}.{proj}.bias"] = np.asarray(attn["out"]["bias"])
   for ours, theirs in zip(("LayerNorm_0", "LayerNorm_1"), norms):
@@ -102,7 +104,8 @@ def _depth(sd: dict, pattern: str) -> int:
   return max(idx) + 1
 
 
-_TIMM_BLOCK = dict(qkv="attn.qkv", proj="attn.proj", norms=("norm1", "norm2"),
+_TIMM_BLOCK = dict(qkv=("attn.qkv.weight", "attn.qkv.bias"), proj="attn.proj",
+                   norms=("norm1", "norm2"),
                    fc=("mlp.fc1", "mlp.fc2"))
 
 
