@@ -105,8 +105,8 @@ def from_ours(params: dict, fields: dict) -> dict[str, np.ndarray]:
   """Our two-tower params -> an open_clip CLIP state dict (refuses what cannot map)."""
   image, text = dict(fields.get("image") or {}), dict(fields.get("text") or {})
   problems = []
-  if fields.get("image_model", "vit") != "vit" or fields.get("text_model",
-                                                            "text_transformer") != "text_transformer":
+  towers = (fields.get("image_model", "vit"), fields.get("text_model", "text_transformer"))
+  if towers != ("vit", "text_transformer"):
     problems.append("towers must be vit + text_transformer")
   if image.get("pool_type") != "tok" or not image.get("ln_pre"):
     problems.append("the image tower needs pool_type='tok' and ln_pre=True")
