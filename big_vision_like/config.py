@@ -241,7 +241,7 @@ KEYS: dict[str, Key] = {k.name: k for k in [
     Key("task", "str", None, "`classification` or `image_text`; default: from the model "
         "(two-tower models train image_text)"),
     Key("model_name", "str", None, "model registry name: `vit`, `resnet`, `two_tower`, "
-        "`text_transformer`", required=True),
+        "`text_transformer`, `bert`", required=True),
     Key("model", "dict", {}, "the model's fields (e.g. `variant`, `num_classes`)"),
     Key("num_classes", "int", None, "fills `model.num_classes` (big_vision style); must "
         "agree with it when both are set"),

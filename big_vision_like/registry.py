@@ -86,6 +86,7 @@ class Registry:
 MODELS = Registry("model", ["big_vision_like.models.vit",
                             "big_vision_like.models.resnet",
                             "big_vision_like.models.text",
+                            "big_vision_like.models.bert",
                             "big_vision_like.models.two_tower"])
 # Each loss is tagged with the task that trains with it (tasks/).
 LOSSES = Registry("loss", ["big_vision_like.losses", "big_vision_like.contrastive"])

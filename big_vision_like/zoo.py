@@ -160,6 +160,38 @@ for _ep in (90, 300):
             "'Better plain ViT baselines')"))
 
 
+register(ZooEntry(
+    name="lit/B16B", model="two_tower",
+    fields=dict(image_model="vit", text_model="bert", embed_dim=768,
+                image=dict(variant="B/16", pool_type="tok", head_zeroinit=False),
+                text=dict(variant="B", vocab_size=30_522, max_len=512),
+                temperature_init=10.0),
+    format="big_vision", source="gs://vit_models/lit/LiT-B16B.npz",
+    pp="decode|resize(224)|value_range(-1, 1)", class_names="imagenet2012_clip",
+    text_pp="tokenize(16, tokenizer='bert:PATH/TO/LiT-B16B.txt', bos=True, eos='none')",
+    text_len=16,
+    notes="LiT (Zhai et al. 2022) 'mixed_B16B': AugReg ViT-B/16 image tower with a head, "
+          "BERT-base text tower (models/bert.py); its WordPiece vocabulary is "
+          "gs://vit_models/lit/LiT-B16B.txt; texts are [CLS] + word pieces, zero-padded"))
+
+# DeiT III (Touvron et al. 2022) as converted by big_vision (its first layer takes
+# [-1, 1] inputs, the position embedding has no class-token row); "21k" models are
+# pre-trained on ImageNet-21k and fine-tuned on 1k. Eval pp as big_vision's DeiT III
+# configs: resize to res/0.875, central crop.
+for _size, _long in (("S", "small"), ("B", "base"), ("L", "large")):
+  for _res in (224, 384):
+    for _data in ("1k", "21k"):
+      register(ZooEntry(
+          name=f"deit3_{_size}_{_res}_{_data}.big_vision", model="vit",
+          fields=dict(variant=f"{_size}/16", pool_type="tok", num_classes=1000),
+          format="big_vision",
+          source=f"gs://big_vision/zoo/deit3/bv_deit_3_{_long}_{_res}_{_data}.npz",
+          pp=f"decode|resize({_res // 7 * 8})|central_crop({_res})|value_range(-1, 1)",
+          resolution=_res, class_names="imagenet2012",
+          notes=f"DeiT III {_size}/16 at {_res} px, ImageNet-{_data} (big_vision's "
+                "conversion of the official checkpoint)"))
+
+
 def get(name: str) -> ZooEntry:
   if name not in ZOO:
     from big_vision_like.errors import unknown_name_message

@@ -135,3 +135,56 @@ def test_bit_npz_layout_round_trip_and_logits():
     np.testing.assert_array_equal(a, b)
   logits, _ = model.apply({"params": again}, io["images"])
   assert _max_diff(logits, io["logits"]) < TOL
+
+
+# -- big_vision layouts, golden outputs from big_vision's own models
+# (tests/fixtures/zoo/make_big_vision_fixtures.py, jax float32).
+
+def test_big_vision_lit_bert_tower_matches_big_vision():
+  from big_vision_like import zoo
+  io = np.load(FIX / "bv_lit_tiny_io.npz")
+  entry = zoo.ZooEntry(
+      name="test/lit_tiny", model="two_tower",
+      fields=dict(image_model="vit", text_model="bert", embed_dim=16, temperature_init=10.0,
+                  image=dict(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=8,
+                             pool_type="tok", head_zeroinit=False),
+                  text=dict(vocab_size=50, width=128, depth=2, mlp_dim=96, num_heads=2,
+                            max_len=24)),
+      format="big_vision", source=str(FIX / "bv_lit_tiny.npz"),
+      pp="decode|resize(32)|value_range(-1, 1)", resolution=32, text_len=16)
+  zoo.ZOO.setdefault(entry.name, entry)
+  loaded = zoo.load(entry.name)  # the real zoo -> experiment -> fit path
+  model = loaded.experiment.model
+  zimg, ztxt, aux = jax.jit(model.apply)({"params": loaded.params}, io["images"],
+                                         io["tokens"])
+  assert _max_diff(zimg, io["zimg"]) < TOL and _max_diff(ztxt, io["ztxt"]) < TOL
+  assert _max_diff(aux["t"], io["t"][0]) < 1e-5
+  # Padding is masked: a text's embedding ignores what follows its last token.
+  longer = io["tokens"].copy()
+  longer[0, -1] = 7  # text 0 is 2 tokens long; make its last slot a real token
+  changed = jax.jit(model.apply)({"params": loaded.params}, None, longer)[1]
+  assert _max_diff(changed[0], ztxt[0]) > 1e-3 and _max_diff(changed[1:], ztxt[1:]) < 1e-6
+  # Export writes big_vision's names and shapes back, bit for bit (the position
+  # embedding keeps our zero class-token row, which big_vision's loader folds away).
+  flat = dict(np.load(FIX / "bv_lit_tiny.npz"))
+  back = convert.export(loaded.params, "two_tower", dict(loaded.config.model), "big_vision")
+  assert sorted(back) == sorted(flat)
+  pe = back.pop("img/pos_embedding")
+  assert not pe[:, 0].any()
+  np.testing.assert_array_equal(pe[:, 1:], flat.pop("img/pos_embedding"))
+  for k in flat:
+    np.testing.assert_array_equal(back[k], flat[k], err_msg=k)
+
+
+def test_big_vision_class_token_layout_matches_big_vision():
+  # DeiT III as converted by big_vision: class token, position embedding without a
+  # class-token row (added before the token is prepended).
+  io = np.load(FIX / "bv_deit3_tiny_io.npz")
+  imported = convert.import_weights(str(FIX / "bv_deit3_tiny.npz"))
+  assert imported.format == "big_vision" and imported.fields["pool_type"] == "tok"
+  model = vit.ViT(num_classes=5, width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=8,
+                  pool_type="tok")
+  target = jax.eval_shape(lambda: model.init(jax.random.key(0), io["images"])["params"])
+  params = fit.fit(imported.params, target, source="bv_deit3_tiny")
+  logits, _ = jax.jit(model.apply)({"params": params}, io["images"])
+  assert _max_diff(logits, io["logits"]) < TOL

@@ -67,7 +67,9 @@ def test_published_entries_are_complete():
                "resnetv2_50x1_bit.goog_in21k_ft_in1k", "resnetv2_101x1_bit.goog_in21k",
                "ViT-B-32/openai", "ViT-B-16/openai", "ViT-L-14/openai",
                "ViT-B-16/laion2b_s34b_b88k", "siglip/B/16-224",
-               "vit_s16_i1k_90ep.big_vision", "vit_s16_i1k_300ep.big_vision"):
+               "vit_s16_i1k_90ep.big_vision", "vit_s16_i1k_300ep.big_vision", "lit/B16B",
+               "deit3_S_224_1k.big_vision", "deit3_B_224_1k.big_vision",
+               "deit3_B_384_21k.big_vision"):
     e = zoo.get(name)
     assert e.source.startswith(("hf:", "gs://")) and e.pp.startswith("decode")
   with pytest.raises(ValueError, match="zoo model"):

@@ -385,6 +385,10 @@ def _big_vision(model_name: str, f: dict, spec: dict) -> tuple[dict, list[str], 
                 "layout); big_vision's ViT adds position embeddings before prepending the "
                 "class token: the same model is pos_embedding[:, 1:] with that first row "
                 "added to cls")
+  if model_name == "two_tower" and f.get("text_model") == "bert":
+    info.append("txt/ is big_vision's proj.flaxformer.bert tower (flaxformer BertEncoder "
+                "names under txt/BertEncoder_0, projection txt/head); texts are [CLS] + "
+                "word pieces, zero-padded")
   return load, notes, info
 
 

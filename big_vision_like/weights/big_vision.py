@@ -12,7 +12,9 @@ work is undoing history:
   token, so its `pos_embedding` has no class-token row; ours has one (as the
   original ViT and timm), which is zero for such checkpoints (equivalent);
 - big_vision's text tower is `Embed_0` + `Encoder_0`, ours `embedding` +
-  `Transformer`;
+  `Transformer`; LiT's BERT text tower is flaxformer's `BertEncoder_0/...`
+  with 2-D attention kernels ([D, heads*head_dim], row-major), ours `bert`
+  with [D, heads, head_dim] (`bert_to_ours` / `bert_from_ours`);
 - scanned checkpoints (`encoderblock` with a leading depth axis) load into
   loop models and back (`weights.fit`).
 
@@ -101,6 +103,89 @@ def text_to_ours(p: dict) -> tuple[str, dict, dict]:
   return "text_transformer", fields, out
 
 
+# flaxformer's BertEncoder names -> ours (models/bert.py), per block and outside.
+_BERT_TABLES = {"embedders_token_ids": "embedding", "embedders_position_ids": "pos_embedding",
+                "embedders_segment_ids": "segment_embedding"}
+_BERT_BLOCK = {("attention_block", "layer_norm"): "attention_norm",
+               ("mlp_block", "mlp", "dense_layer"): ("mlp", "Dense_0"),
+               ("mlp_block", "dense_layer"): ("mlp", "Dense_1"),
+               ("mlp_block", "layer_norm"): "mlp_norm"}
+# BERT sizes name 64-channel heads; a 2-D kernel cannot tell the head count.
+BERT_HEAD_DIM = 64
+
+
+def bert_to_ours(p: dict) -> tuple[str, dict, dict]:
+  """big_vision's `proj.flaxformer.bert` tower ({"BertEncoder_0": ..., "head"})."""
+  enc = p["BertEncoder_0"]
+  out: dict[str, Any] = {_BERT_TABLES[k]: np.asarray(v["embedding"])
+                         for k, v in enc["embedder"].items()}
+  out["embedding_norm"] = dict(enc["layer_norm"])
+  width = out["embedding"].shape[1]
+  heads = width // BERT_HEAD_DIM
+  layers = enc["encoder_block"]["layer_sequence"]
+  for i in range(len(layers)):
+    src = layers[f"layers_{i}"]
+    att = src["attention_block"]
+    block: dict[str, Any] = {"attention": {
+        name: {"kernel": np.asarray(att["attention_layer"][name]["kernel"]).reshape(
+                   width, heads, -1),
+               "bias": np.asarray(att["attention_layer"][name]["bias"]).reshape(heads, -1)}
+        for name in ("query", "key", "value")}}
+    block["attention"]["out"] = {
+        "kernel": np.asarray(att["dense_layer"]["kernel"]).reshape(heads, -1, width),
+        "bias": np.asarray(att["dense_layer"]["bias"])}
+    for path, ours in _BERT_BLOCK.items():
+      leaf = src
+      for k in path:
+        leaf = leaf[k]
+      if isinstance(ours, tuple):
+        block.setdefault(ours[0], {})[ours[1]] = dict(leaf)
+      else:
+        block[ours] = dict(leaf)
+    out[f"block_{i}"] = block
+  fields = dict(vocab_size=int(out["embedding"].shape[0]), width=int(width),
+                depth=len(layers), num_heads=int(heads),
+                mlp_dim=int(np.shape(out["block_0"]["mlp"]["Dense_0"]["kernel"])[1]),
+                max_len=int(out["pos_embedding"].shape[0]),
+                num_segments=int(out["segment_embedding"].shape[0]))
+  fields["num_classes"] = int(np.shape(p["head"]["kernel"])[1]) if "head" in p else None
+  if "head" in p:
+    out["head"] = dict(p["head"])
+  return "bert", fields, out
+
+
+def bert_from_ours(p: dict) -> dict:
+  """Our `bert` params -> big_vision's `{"BertEncoder_0": ..., "head": ...}`."""
+  inverse = {v: k for k, v in _BERT_TABLES.items()}
+  enc: dict[str, Any] = {"embedder": {inverse[k]: {"embedding": p[k]} for k in inverse},
+                         "layer_norm": dict(p["embedding_norm"])}
+  layers = {}
+  depth = len([k for k in p if k.startswith("block_")])
+  for i in range(depth):
+    b = p[f"block_{i}"]
+    width = np.shape(b["attention"]["out"]["bias"])[0]
+    att = {name: {"kernel": np.asarray(b["attention"][name]["kernel"]).reshape(width, -1),
+                  "bias": np.asarray(b["attention"][name]["bias"]).reshape(-1)}
+           for name in ("query", "key", "value")}
+    layer: dict[str, Any] = {"attention_block": {
+        "attention_layer": att,
+        "dense_layer": {"kernel": np.asarray(b["attention"]["out"]["kernel"]).reshape(
+                            -1, width),
+                        "bias": b["attention"]["out"]["bias"]}}}
+    for path, ours in _BERT_BLOCK.items():
+      leaf = b[ours[0]][ours[1]] if isinstance(ours, tuple) else b[ours]
+      node = layer
+      for k in path[:-1]:
+        node = node.setdefault(k, {})
+      node[path[-1]] = dict(leaf)
+    layers[f"layers_{i}"] = layer
+  enc["encoder_block"] = {"layer_sequence": layers}
+  out: dict[str, Any] = {"BertEncoder_0": enc}
+  if "head" in p:
+    out["head"] = dict(p["head"])
+  return out
+
+
 def to_ours(flat: dict[str, np.ndarray]) -> tuple[str, dict, dict]:
   """A big_vision `.npz` ({"a/b": array}) -> (model_name, fields, params)."""
   p = _strip_prefix(tree_lib.nest(flat))
@@ -112,8 +197,8 @@ def to_ours(flat: dict[str, np.ndarray]) -> tuple[str, dict, dict]:
       fields["image_model"] = "vit"
       fields["embed_dim"] = fields["image"].pop("num_classes")
     if "txt" in p:
-      _, fields["text"], out["txt"] = text_to_ours(p["txt"])
-      fields["text_model"] = "text_transformer"
+      fields["text_model"], fields["text"], out["txt"] = (
+          bert_to_ours if "BertEncoder_0" in p["txt"] else text_to_ours)(p["txt"])
       fields["embed_dim"] = fields["text"].pop("num_classes")
     fields["bias_init"] = 0.0 if "b" in p else None
     return "two_tower", fields, out
@@ -128,9 +213,12 @@ def from_ours(params: dict, model_name: str) -> dict[str, np.ndarray]:
   params = {k: v for k, v in params.items()}
   if model_name == "two_tower" and "txt" in params:
     txt = dict(params["txt"])
-    txt["Embed_0"] = txt.pop("embedding")
-    txt["Encoder_0"] = txt.pop("Transformer")
-    params["txt"] = txt
+    if "segment_embedding" in txt:  # a BERT tower
+      params["txt"] = bert_from_ours(txt)
+    else:
+      txt["Embed_0"] = txt.pop("embedding")
+      txt["Encoder_0"] = txt.pop("Transformer")
+      params["txt"] = txt
   elif model_name not in ("vit", "two_tower"):
     raise ValueError(f"export to big_vision: model {model_name!r} is not a ViT or a "
                      "two-tower (use --format timm for a ResNet)")
