@@ -1,11 +1,14 @@
 """Tokenizers for the text tower, looked up by a short spec string.
 
 A config names its tokenizer as `"bytes"` (UTF-8 bytes, no files needed),
-`"sentencepiece:/path/to/model.model"` (also `gs://...`) or `"clip"` (CLIP's
+`"sentencepiece:/path/to/model.model"` (also `gs://...`), `"clip"` (CLIP's
 byte-level BPE with its bundled vocabulary, `"clip:/path/vocab.txt.gz"` for
-another file; see `ClipTokenizer`: CLIP's ids need `bos=True`). Training
-captions are tokenized inside tf.data (`Tokenizer.tf_tokenize`) and zero-shot
-class names in Python (`Tokenizer.encode_fixed`); both go through the same object,
+another file; see `ClipTokenizer`: CLIP's ids need `bos=True`) or
+`"bert:/path/to/vocab.txt"` (BERT's WordPiece, as big_vision's LiT models
+use it; see `WordPieceTokenizer`: big_vision's ids need `bos=True,
+eos="none"`). Training captions are tokenized inside tf.data
+(`Tokenizer.tf_tokenize`) and zero-shot class names in Python
+(`Tokenizer.encode_fixed`); both go through the same object,
 so the ids, the EOS handling and the padding cannot drift apart between
 training and evaluation.
 
@@ -22,7 +25,7 @@ with one of the `EOS_MODES`:
 from __future__ import annotations
 
 import abc
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import sentencepiece
@@ -30,12 +33,12 @@ import tensorflow as tf
 
 from big_vision_like import registry
 from big_vision_like.registry import TOKENIZERS
-from big_vision_like.text import clip_bpe
+from big_vision_like.text import clip_bpe, wordpiece
 
 EOS_MODES = ("sticky", "yes", "none")
 SPEC_HELP = ("A tokenizer spec is 'name' or 'name:argument', e.g. 'bytes', "
-             "'sentencepiece:/path/to/model.model' (gs:// paths work too) or "
-             "'clip'.")
+             "'sentencepiece:/path/to/model.model' (gs:// paths work too), "
+             "'clip' or 'bert:/path/to/vocab.txt'.")
 
 
 class Tokenizer(abc.ABC):
@@ -392,6 +395,67 @@ class ClipTokenizer(Tokenizer):
                                   "clip_bpe_tokenize")
 
 
+class WordPieceTokenizer(Tokenizer):
+  """BERT's WordPiece (`wordpiece`), giving exactly big_vision's LiT ids.
+
+  The vocabulary is a BERT vocab.txt (one token per line, id = line number;
+  local or any tf.io.gfile path such as gs://), encoded like
+  `tensorflow_text.BertTokenizer(vocab, lower_case=True)`: lower-cased,
+  accents dropped, split at spaces, punctuation and CJK ideographs, then
+  greedy longest-match word pieces ("##" continues a word), "[UNK]" for a
+  word that has none. pad=[PAD] (must be id 0: big_vision pads with 0),
+  bos=[CLS], eos=[SEP], vocab_size = the number of lines.
+
+  big_vision's pp op `bert_tokenize(max_len=L, vocab_path=V)` is the pp op
+  `tokenize(L, tokenizer='bert:V', bos=True, eos='none')` (and
+  `encode_fixed(texts, L, bos=True, eos="none")`): [CLS], the first L - 1
+  word-piece ids, zeros; no [SEP]. The default eos="sticky" would append
+  [SEP], which big_vision's BERT text towers never saw. For a 1-D tensor of
+  captions big_vision picks one at random; here put `choice` before
+  `tokenize` for that. No text cleaning is needed before it (it lower-cases
+  and splits punctuation itself). `tf_tokenize` runs the Python encoder
+  through `tf.numpy_function` (not serializable; invalid UTF-8 fails at run
+  time).
+  """
+
+  def __init__(self, encoder: wordpiece.WordPiece, spec: str):
+    self.spec = spec
+    self.encoder = encoder
+    ids = encoder.ids
+    if ids[wordpiece.PAD] != 0:
+      raise ValueError(f"BERT WordPiece vocabulary file {encoder.source!r} "
+                       f"has {wordpiece.PAD} on line {ids[wordpiece.PAD] + 1}; "
+                       f"it must be the first line (id 0: BERT models and "
+                       f"big_vision pad with 0).")
+    self._cls, self._sep = ids[wordpiece.CLS], ids[wordpiece.SEP]
+
+  @property
+  def vocab_size(self) -> int:
+    return self.encoder.vocab_size
+
+  @property
+  def pad_id(self) -> int:
+    return 0
+
+  @property
+  def eos_id(self) -> int:
+    return self._sep
+
+  @property
+  def bos_id(self) -> int:
+    return self._cls
+
+  def _encode(self, texts: list[str]) -> list[list[int]]:
+    return [self.encoder.encode(t) for t in texts]
+
+  def _decode(self, ids: list[int]) -> str:
+    return self.encoder.decode(ids)
+
+  def tf_tokenize(self, text: tf.Tensor) -> tf.Tensor:
+    return _tf_encode_with_python(text, self.encoder.encode, self.spec,
+                                  "bert_wordpiece_tokenize")
+
+
 @TOKENIZERS.register("bytes")
 def _bytes_tokenizer(arg: str | None, spec: str) -> Tokenizer:
   if arg:
@@ -418,9 +482,20 @@ def _clip_tokenizer(arg: str | None, spec: str) -> Tokenizer:
   return ClipTokenizer(clip_bpe.ClipBPE.from_file_bytes(data, arg), spec)
 
 
+@TOKENIZERS.register("bert")
+def _bert_tokenizer(arg: str | None, spec: str) -> Tokenizer:
+  if not arg:
+    raise ValueError(f"tokenizer 'bert' needs the vocabulary path: "
+                     f"'bert:/path/to/vocab.txt', got {spec!r}.")
+  data = _read_model(arg, "BERT WordPiece vocabulary file")
+  return WordPieceTokenizer(wordpiece.WordPiece.from_file_bytes(data, arg),
+                            spec)
+
+
 def get_tokenizer(spec: str | Tokenizer) -> Tokenizer:
-  """The tokenizer for a spec: "bytes", "sentencepiece:PATH", "clip" or
-  "clip:PATH" (a CLIP BPE vocabulary such as bpe_simple_vocab_16e6.txt.gz).
+  """The tokenizer for a spec: "bytes", "sentencepiece:PATH", "clip",
+  "clip:PATH" (a CLIP BPE vocabulary such as bpe_simple_vocab_16e6.txt.gz)
+  or "bert:PATH" (a BERT WordPiece vocab.txt).
 
   A `Tokenizer` is returned as is (so Python callers may pass one where a
   spec is expected). Unknown names fail listing the known tokenizers; a
