@@ -158,7 +158,7 @@ def test_tokenize_several_captions_per_example():
     ("tokenize(4, pad_value=0.5)", {"text": "a"}, ["pad_value must be"]),
     ("tokenize(4, tokenizer='byte')", {"text": "a"},
      ["Unknown tokenizer 'byte'", "Did you mean 'bytes'?",
-      "Known tokenizers: bytes, clip, sentencepiece"]),
+      "Known tokenizers: bert, bytes, clip, sentencepiece"]),
     ("tokenize(4)", {"caption": "a"},
      ["op 0", "tokenize: key 'text' not in the example",
       "available keys: ['caption']"]),
@@ -238,11 +238,11 @@ def test_choice_errors():
 
 
 def test_tokenizer_registry_and_specs():
-  assert registry.TOKENIZERS.names() == ["bytes", "clip", "sentencepiece"]
+  assert registry.TOKENIZERS.names() == ["bert", "bytes", "clip", "sentencepiece"]
   tok = get_tokenizer("bytes")
   assert get_tokenizer(tok) is tok
   with pytest.raises(registry.UnknownNameError,
-                     match="Unknown tokenizer 'spm'.*Known tokenizers: bytes, "
+                     match="Unknown tokenizer 'spm'.*Known tokenizers: bert, bytes, "
                            "clip, sentencepiece.*'sentencepiece:/path/to/model"):
     get_tokenizer("spm:/x.model")
   with pytest.raises(ValueError, match="'bytes' takes no argument"):
