@@ -18,6 +18,7 @@ from big_vision_like.models import resnet, two_tower, vit
 from big_vision_like.weights import convert, fit
 
 FIX = pathlib.Path(__file__).parent / "fixtures" / "zoo"
+VOCAB = pathlib.Path(__file__).parent / "fixtures" / "wordpiece" / "vocab.txt"
 TOL = 1e-4  # float32 vs torch float32; the bar
 
 
@@ -148,10 +149,11 @@ def test_big_vision_lit_bert_tower_matches_big_vision():
       fields=dict(image_model="vit", text_model="bert", embed_dim=16, temperature_init=10.0,
                   image=dict(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=8,
                              pool_type="tok", head_zeroinit=False),
-                  text=dict(vocab_size=50, width=128, depth=2, mlp_dim=96, num_heads=2,
+                  text=dict(vocab_size=280, width=128, depth=2, mlp_dim=96, num_heads=2,
                             max_len=24)),
       format="big_vision", source=str(FIX / "bv_lit_tiny.npz"),
-      pp="decode|resize(32)|value_range(-1, 1)", resolution=32, text_len=16)
+      pp="decode|resize(32)|value_range(-1, 1)", resolution=32, text_len=16,
+      text_pp=f"tokenize(16, tokenizer='bert:{VOCAB}', bos=True, eos='none')")
   zoo.ZOO.setdefault(entry.name, entry)
   loaded = zoo.load(entry.name)  # the real zoo -> experiment -> fit path
   model = loaded.experiment.model
@@ -161,9 +163,13 @@ def test_big_vision_lit_bert_tower_matches_big_vision():
   assert _max_diff(aux["t"], io["t"][0]) < 1e-5
   # Padding is masked: a text's embedding ignores what follows its last token.
   longer = io["tokens"].copy()
-  longer[0, -1] = 7  # text 0 is 2 tokens long; make its last slot a real token
+  longer[0, -1] = 9  # text 0 is 2 tokens long; make its last slot a real token
   changed = jax.jit(model.apply)({"params": loaded.params}, None, longer)[1]
   assert _max_diff(changed[0], ztxt[0]) > 1e-3 and _max_diff(changed[1:], ztxt[1:]) < 1e-6
+  # Texts through our WordPiece tokenizer and the predict API: big_vision's ztxt.
+  from big_vision_like import predict
+  z = predict.Predictor.from_zoo(entry.name).embed_texts(list(io["texts"]))
+  assert _max_diff(z, io["ztxt"]) < TOL
   # Export writes big_vision's names and shapes back, bit for bit (the position
   # embedding keeps our zero class-token row, which big_vision's loader folds away).
   flat = dict(np.load(FIX / "bv_lit_tiny.npz"))
