@@ -45,6 +45,7 @@ class LabelSource:
   sets: np.ndarray | None = None          # [M, L] int, -1 padded
   unclear: np.ndarray | None = None       # [M, L] (imagenet2012_multilabel)
   problematic: np.ndarray | None = None   # [M] bool (imagenet2012_multilabel)
+  num_classes: int | None = None          # when the source says (TFDS ClassLabel)
 
   def __post_init__(self):
     self.file_name = np.asarray(self.file_name).astype(str)
@@ -60,7 +61,14 @@ class LabelSource:
     def pick(a):
       return None if a is None else a[index]
     return LabelSource(self.file_name[index], self.origin, pick(self.label),
-                       pick(self.sets), pick(self.unclear), pick(self.problematic))
+                       pick(self.sets), pick(self.unclear), pick(self.problematic),
+                       self.num_classes)
+
+  def max_id(self) -> int | None:
+    """The largest class id in the labels, sets and unclear sets (None: no ids)."""
+    ids = [int(a.max()) for a in (self.label, self.sets, self.unclear)
+           if a is not None and a.size]
+    return max(ids) if ids and max(ids) >= 0 else None
 
   def check_ids(self, num_classes: int) -> None:
     for what, ids in (("label", self.label), ("label set", self.sets),
@@ -191,6 +199,10 @@ def from_tfds(spec: str, data_dir: str | None = None) -> LabelSource:
   single = cols.get("label", cols.get("original_label"))
   src = LabelSource([n.decode() for n in cols["file_name"]], origin,
                     label=None if single is None else np.asarray(single, np.int32))
+  for key in ("label", "original_label"):
+    if key in features and isinstance(features[key], tfds.features.ClassLabel):
+      src.num_classes = int(features[key].num_classes)
+      break
   if "real_label" in cols:
     src.sets = scoring.pad_sets([list(x) for x in cols["real_label"]])
   if "correct_multi_labels" in cols:
@@ -244,6 +256,7 @@ def from_arrays(arrays: dict[str, np.ndarray], origin: str, *,
       raise KeyError(f"{origin}: no {label_key!r} (has {sorted(arrays)})")
     value = np.asarray(arrays[label_key])
     if value.ndim == 2 and value.dtype.kind == "f":
+      src.num_classes = int(value.shape[1])
       src.sets = scoring.sets_from_vectors(value)
       if (scoring.set_sizes(src.sets) == 1).all():
         src.label = src.sets[:, 0].copy()
