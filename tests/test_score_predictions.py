@@ -280,3 +280,16 @@ def test_a_dump_with_logits_and_kind_topk_scores_the_ids_only(tmp_path):
   assert "ece" in both and "ece" not in only_ids
   err = refusal(path, "--num_classes", "1000")
   assert "5 columns, but --num_classes says 1000 classes" in err
+
+
+def test_labels_numbered_in_a_subset_do_not_count_as_the_logits_classes(tmp_path):
+  # Labels of 3 subset classes (one-hot [N, 3]: 3 classes), logits over 10.
+  subset = [2, 5, 7]
+  label = np.array([0, 1, 2, 0, 1, 2])  # -> classes 2, 5, 7, 2, 5, 7
+  onehot = np.eye(3, dtype=np.float32)[label]
+  logits = np.zeros((6, 10), np.float32)
+  logits[:, 9] = 5.0  # outside the subset: ignored by the restriction
+  logits[np.arange(6), [2, 5, 7, 5, 5, 2]] = 1.0  # rows 3 and 5 wrong
+  path = npz(tmp_path, file_name=np.array(NAMES), m=logits, label=onehot)
+  got = tool.score_file(path, class_subset=subset, labels_in_subset=True)["m"]
+  assert got["prec@1"] == pytest.approx(4 / 6)

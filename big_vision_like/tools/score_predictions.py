@@ -294,6 +294,7 @@ def score_file(path: str, *, labels: str | None = None, data_dir: str | None = N
   if labels_in_subset and subset is not None and source.label is not None:
     scoring.check_ids(source.label, len(subset), f"{source.origin}: subset label")
     source.label = np.asarray(subset, np.int32)[source.label]
+    source.num_classes = None  # its count was the subset's, not the logits' numbering
   if num_bins is None:  # a calibration dump says how it was binned
     num_bins = int(meta.get("num_bins", 15))
   results = {}
