@@ -23,13 +23,21 @@ class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or inf."""
 
 
-def unknown_name_message(kind: str, name: Any, known: Iterable[str]) -> str:
-  """`Unknown {kind} 'x'. Did you mean 'y'? Known {kind}s: a, b, c.`"""
+def unknown_name_message(kind: str, name: Any, known: Iterable[str], *,
+                         limit: int | None = None) -> str:
+  """`Unknown {kind} 'x'. Did you mean 'y'? Known {kind}s: a, b, c.`
+
+  With `limit`, a longer list of known names is not printed: only up to
+  `limit` close ones (`Close {kind}s: y, z (of 445 known).`).
+  """
   known = sorted(known)
   msg = f"Unknown {kind} {name!r}."
   close = difflib.get_close_matches(str(name), known, n=1)
   if close:
     msg += f" Did you mean {close[0]!r}?"
+  if limit is not None and len(known) > limit:
+    near = difflib.get_close_matches(str(name), known, n=limit, cutoff=0.5)
+    return msg + f" Close {kind}s: {', '.join(near) or '(none)'} (of {len(known)} known)."
   return msg + f" Known {kind}s: {', '.join(known) or '(none)'}."
 
 

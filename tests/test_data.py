@@ -181,6 +181,38 @@ def test_unknown_dataset_suggests_a_close_name(tmp_path):
     tfds_source.get_builder("fashon_mnist", str(tmp_path))
 
 
+@pytest.mark.parametrize("data,key", [
+    ({"name": "fashion_mnistt", "split": "train"}, "config.input.data.name"),
+    ([{"name": "fashion_mnistt", "split": "train", "weight": 1},
+      {"name": "mnist", "split": "train", "weight": 1}], "config.input.data[0].name"),
+])
+def test_a_typo_in_a_training_dataset_name_is_one_short_error(tmp_path, data, key):
+  for source in data if isinstance(data, list) else [data]:
+    source["data_dir"] = str(tmp_path)
+  with pytest.raises(tfds_source.UnknownDatasetError) as e:
+    input_pipeline.train_examples(data)
+  message = str(e.value)
+  assert message.startswith(f"{key}='fashion_mnistt': "), message
+  assert "Did you mean 'fashion_mnist'?" in message
+  # A few lines, not the ~450 names TFDS knows (in the message or in the
+  # TFDS error it used to be chained to, which a traceback prints too).
+  assert len(message.splitlines()) < 15 and len(message) < 1000, message
+  assert "abstract_reasoning" not in message
+  assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+def test_a_typo_in_an_eval_dataset_name_is_one_short_error(tmp_path):
+  with pytest.raises(tfds_source.UnknownDatasetError) as e:
+    input_pipeline.make_eval_iterator(
+        {"name": "fashion_mnistt", "split": "test", "data_dir": str(tmp_path)}, "keep('label')",
+        8)
+  message = str(e.value)  # make_evaluators adds "config.evals.NAME: " in front
+  assert message.startswith("data.name='fashion_mnistt': "), message
+  assert "Did you mean 'fashion_mnist'?" in message
+  assert len(message.splitlines()) < 15 and "abstract_reasoning" not in message
+  assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
 def test_num_examples_of_sub_splits(fashion_mnist_data_dir):
   n = lambda split: tfds_source.num_examples("fashion_mnist", split,
                                              fashion_mnist_data_dir)

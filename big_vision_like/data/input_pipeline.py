@@ -157,8 +157,17 @@ def train_examples(data: Any) -> int:
 
   This defines an epoch for `total_epochs` and other durations.
   """
-  return sum(tfds_source.num_examples(s["name"], s["split"], s.get("data_dir"))
-             for s in data_sources(data))
+  sources = data_sources(data)
+  many = isinstance(data, (list, tuple))
+  return sum(tfds_source.num_examples(s["name"], s["split"], s.get("data_dir"),
+                                      key=_name_key(i if many else None))
+             for i, s in enumerate(sources))
+
+
+def _name_key(source_index: int | None) -> str:
+  """The config key of a training source's dataset name, for messages."""
+  return ("config.input.data.name" if source_index is None
+          else f"config.input.data[{source_index}].name")
 
 
 def _bytes_keys(pp: str, features) -> set[str]:
@@ -268,7 +277,9 @@ class _SourceStream:
                skip_corrupt: bool):
     self.source = source
     self.pp = f"{source['pp']}|{pp}" if source.get("pp") else pp
-    builder = tfds_source.get_builder(source["name"], source.get("data_dir"))
+    builder = tfds_source.get_builder(
+        source["name"], source.get("data_dir"),
+        key=_name_key(source_index if num_sources > 1 else None))
     share = splits_lib.process_share(
         builder, source["split"], process_index=share_index,
         process_count=share_count, drop_remainder=True)
@@ -807,7 +818,8 @@ def make_eval_iterator(
                      f"'pp' are for training mixtures only.")
   index, count = _processes(process_index, process_count)
   batch = local_batch_size(global_batch_size, count)
-  builder = tfds_source.get_builder(source["name"], source.get("data_dir"))
+  # The evaluator's `data`; make_evaluators prefixes "config.evals.NAME: ".
+  builder = tfds_source.get_builder(source["name"], source.get("data_dir"), key="data.name")
   shares = [splits_lib.process_share(builder, source["split"],
                                      process_index=i, process_count=count,
                                      drop_remainder=False)

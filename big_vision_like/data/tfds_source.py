@@ -17,7 +17,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from big_vision_like import registry
+from big_vision_like import errors
 from big_vision_like.data import fashion_captions
 from big_vision_like.data import fashion_mnist
 from big_vision_like.data import image_folder
@@ -69,29 +69,35 @@ def _not_prepared_message(name: str, data_dir: str, builder) -> str:
   return msg
 
 
-def _unknown_message(name: str, data_dir: str) -> str:
-  """An unknown name: maybe a typo, maybe a user dataset not imported yet."""
+def _unknown_message(name: str, data_dir: str, key: str | None) -> str:
+  """An unknown name: maybe a typo, maybe a user dataset not imported yet.
+
+  A few lines: the culprit (`key`), close names, and the import command for
+  a folder of images; never the ~450 names TFDS knows.
+  """
   base = _base_name(name)
   local = []  # Datasets (e.g. imported image folders) already in data_dir.
   if os.path.isdir(data_dir):
     local = [d for d in os.listdir(data_dir)
              if os.path.isdir(os.path.join(data_dir, d)) and d != "downloads"
              and not d.startswith(".")]
-  msg = (f"TFDS dataset {base!r} is neither a registered TFDS dataset nor "
-         f"prepared in data_dir={data_dir}. If it is your own folder of "
-         f"class sub-folders of images, import it with:\n  "
-         f"{image_folder.command(base, data_dir)}\n")
-  return msg + registry.unknown_name_message(
-      "TFDS dataset", base, set(tfds.list_builders()) | set(local))
+  known = set(tfds.list_builders(with_community_datasets=False)) | set(local)
+  culprit = f"{key}={name!r}: " if key else ""
+  return (f"{culprit}{errors.unknown_name_message('TFDS dataset', base, known, limit=5)}"
+          f" It is neither registered with TFDS nor prepared in data_dir={data_dir}. "
+          f"If it is your own folder of class sub-folders of images, import it with:\n  "
+          f"{image_folder.command(base, data_dir)}")
 
 
-def get_builder(name: str, data_dir: str | None = None
+def get_builder(name: str, data_dir: str | None = None, *, key: str | None = None
                 ) -> tfds.core.DatasetBuilder:
   """Returns the prepared TFDS builder for `name` ("ds", "ds/config:1.0.0").
 
   Fashion-MNIST and `fashion_mnist_captions` are prepared on first use from
   the local idx files; any other dataset that is missing raises
-  `DatasetNotPreparedError` with the command that prepares it.
+  `DatasetNotPreparedError` with the command that prepares it. An unknown
+  name raises `UnknownDatasetError`, a short message that starts with `key`
+  (the config key that holds the name, e.g. "config.input.data.name").
   """
   data_dir = _resolve_data_dir(data_dir)
   if _base_name(name) == fashion_mnist.NAME:
@@ -100,17 +106,22 @@ def get_builder(name: str, data_dir: str | None = None
     fashion_captions.prepare(data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise UnknownDatasetError(_unknown_message(name, data_dir)) from e
+  except tfds.core.registered.DatasetNotFoundError:
+    # `from None`: TFDS's own error lists every dataset it knows.
+    raise UnknownDatasetError(_unknown_message(name, data_dir, key)) from None
   if not builder.is_prepared():
     raise DatasetNotPreparedError(
         _not_prepared_message(name, data_dir, builder))
   return builder
 
 
-def num_examples(name: str, split: str, data_dir: str | None = None) -> int:
-  """Number of examples in `split` (sub-splits like "train[:90%]" work)."""
-  builder = get_builder(name, data_dir)
+def num_examples(name: str, split: str, data_dir: str | None = None, *,
+                 key: str | None = None) -> int:
+  """Number of examples in `split` (sub-splits like "train[:90%]" work).
+
+  `key` names the config key of `name` in an unknown-dataset error.
+  """
+  builder = get_builder(name, data_dir, key=key)
   try:
     return int(builder.info.splits[split].num_examples)
   except (KeyError, ValueError) as e:
