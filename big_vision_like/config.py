@@ -279,6 +279,8 @@ KEYS: dict[str, Key] = {k.name: k for k in [
         "converted on the device"),
     Key("peak_flops", "float", None, "peak FLOP/s per device for MFU (default: known or "
         "measured)"),
+    Key("platform", "str", None, "`cpu`, `gpu` or `tpu`: start-up fails unless JAX's devices "
+        "are on it (a GPU job on JAX's CPU build); unset: `$BVL_PLATFORM`, else any"),
     *_duration_keys("log_training", "training metrics period (default 50 steps)"),
     *_duration_keys("ckpt", "checkpoint period (default 1000 steps)"),
     Key("keep_ckpt_last", "int", 3, "checkpoints kept (newest)"),
@@ -383,6 +385,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       len(dvr) == 2 and all(_TYPES["float"](v) for v in dvr) and dvr[0] != dvr[1]):
     raise ConfigError(f"config.device_value_range must be None or (vmin, vmax) with "
                       f"vmin != vmax, got {dvr!r}")
+  platform = config.get("platform")
+  if platform is not None and platform not in distributed.PLATFORMS:
+    raise ConfigError(f"config.platform={platform!r} is not one of {distributed.PLATFORMS} "
+                      "(None: any platform)")
   order = config.input.get("order", "global")
   if order not in input_pipeline.ORDERS:
     raise ConfigError(f"config.input.order={order!r} is not one of {input_pipeline.ORDERS}")

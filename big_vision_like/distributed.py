@@ -267,6 +267,64 @@ def initialize_from_args(args: argparse.Namespace,
                     shutdown_timeout_s=args.shutdown_timeout_s, environ=environ)
 
 
+# The platform a run asks for: `config.platform`, else this variable (the
+# launch scripts set it: launch_slurm.sbatch gpu, launch_tpu_vm.sh tpu);
+# neither: any. JAX's platform names; the command installing JAX's build for each.
+PLATFORM_ENV = "BVL_PLATFORM"
+PLATFORMS = ("cpu", "gpu", "tpu")
+INSTALL_COMMANDS = {"cpu": "ACCELERATOR=cpu bash scripts/setup.sh",
+                    "gpu": "ACCELERATOR=cuda bash scripts/setup.sh",
+                    "tpu": "ACCELERATOR=tpu bash scripts/setup.sh"}
+
+
+class PlatformError(RuntimeError):
+  """JAX's devices are not on the platform the run asks for."""
+
+
+def check_platform(config_platform: str | None = None,
+                   environ: Mapping[str, str] | None = None) -> str:
+  """Fails unless JAX's devices are on the platform the run asks for.
+
+  Call it before the run reads data or writes anything: a GPU job whose
+  virtualenv holds JAX's CPU build (or whose GPUs JAX cannot use, so that it
+  falls back to the CPU) then stops at once, naming what JAX found and the
+  install command, instead of training on the CPU. Returns the start-up log
+  line: platform, device kind and count.
+  """
+  environ = os.environ if environ is None else environ
+  env = environ.get(PLATFORM_ENV, "").strip().lower() or None
+  for value, where in ((env, PLATFORM_ENV), (config_platform, "config.platform")):
+    if value is not None and value not in PLATFORMS:
+      raise PlatformError(f"{where}={value!r} is not one of {', '.join(PLATFORMS)} "
+                          "(unset: any platform)")
+  if config_platform is not None and env is not None and config_platform != env:
+    raise PlatformError(
+        f"config.platform={config_platform!r} but {PLATFORM_ENV}={env!r} (set by you or a "
+        f"launch script, e.g. launch_slurm.sbatch sets gpu): they disagree; set only one")
+  want, source = ((config_platform, "config.platform") if config_platform is not None
+                  else (env, PLATFORM_ENV))
+  devices = jax.devices()
+  found = devices[0].platform
+  kinds = ", ".join(sorted({d.device_kind for d in devices}))
+  line = (f"Platform: {found}, {len(devices)} devices ({kinds}), {jax.local_device_count()} "
+          f"in this process; " + (f"{source} asks for {want}." if want else
+                                  f"any platform ({PLATFORM_ENV} and config.platform unset)."))
+  if want is None or found == want:
+    return line
+  message = (f"{source}={want!r}, but JAX (jax {jax.__version__}) found platform {found!r}: "
+             f"{len(devices)} device(s) ({kinds}).")
+  if want == "cpu":
+    message += " To run on the CPU here, set JAX_PLATFORMS=cpu."
+  else:
+    message += (f" This virtualenv has JAX's CPU build, or JAX could not use the {want} (see "
+                f"its warnings above). Install the {want} build of the pinned JAX with "
+                f"`{INSTALL_COMMANDS[want]}`, then check with "
+                "`.venv/bin/python -c 'import jax; print(jax.devices())'`.")
+  if environ.get("JAX_PLATFORMS"):
+    message += f" Note JAX_PLATFORMS={environ['JAX_PLATFORMS']!r} limits what JAX looks for."
+  raise PlatformError(message)
+
+
 class PreemptionSync:
   """SIGTERM to any process -> every process stops after the same step.
 

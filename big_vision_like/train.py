@@ -142,6 +142,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   The returned dict has "step", "preempted", the final eval results and "state".
   """
   config = config_lib.resolve(config)  # Every key checked before anything is written.
+  # A GPU/TPU run on JAX's CPU build stops here, before any data or workdir.
+  logging.info(distributed.check_platform(config.platform))
   data = TrainData.from_config(config)
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,6 @@ NAME=${NAME:?set NAME (the TPU VM name)}
 ZONE=${ZONE:?set ZONE (e.g. us-central2-b)}
 TYPE=${TYPE:-v4-8}
 VERSION=${VERSION:-tpu-ubuntu2204-base}
-JAX_VERSION=$(sed -n 's/^jax==\([0-9.]*\).*/\1/p' requirements.txt)
 REMOTE_DIR=big_vision_like
 
 gcloud_cmd() {
@@ -66,12 +65,11 @@ setup() {
   tar --exclude=.venv --exclude=workdirs --exclude=.git -czf "$tarball" .
   gcloud_cmd scp "$tarball" "$NAME:~/big_vision_like.tar.gz" --worker=all
   rm -f "$tarball"
-  # The pinned CPU jaxlib of requirements.txt is replaced by the TPU build
-  # of the same JAX version.
+  # setup.sh installs the TPU build of the pinned JAX (requirements-tpu.txt)
+  # and checks that JAX sees the TPU; on a multi-host slice all workers run it
+  # at once (--worker=all), as JAX's TPU start-up needs. No Fashion-MNIST apt step.
   on_workers all "set -e; mkdir -p ~/$REMOTE_DIR && tar -xzf ~/big_vision_like.tar.gz -C ~/$REMOTE_DIR \
-    && cd ~/$REMOTE_DIR && python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt \
-    && .venv/bin/pip install -q 'jax[tpu]==$JAX_VERSION' \
-    && .venv/bin/pip install -q --no-deps -e ."
+    && cd ~/$REMOTE_DIR && ACCELERATOR=tpu SKIP_APT=1 bash scripts/setup.sh"
 }
 
 train() {
@@ -86,8 +84,9 @@ train() {
   args=$(printf '%q ' --config "$config" --workdir "$workdir" "$@")
   # nohup + setsid: training survives the ssh session; SIGTERM from `stop`
   # (or a maintenance event) reaches the python process itself.
-  on_workers all "cd ~/$REMOTE_DIR && setsid nohup .venv/bin/python -m big_vision_like.train \
-    --distributed $args > ~/train.log 2>&1 < /dev/null &"
+  # BVL_PLATFORM=tpu: a worker whose JAX sees no TPU fails at start-up.
+  on_workers all "cd ~/$REMOTE_DIR && BVL_PLATFORM=tpu setsid nohup .venv/bin/python \
+    -m big_vision_like.train --distributed $args > ~/train.log 2>&1 < /dev/null &"
 }
 
 logs() {

@@ -39,7 +39,9 @@ def test_tpu_vm_all_steps_in_order_and_bad_input():
   verbs = [line.split()[4] for line in r.stdout.strip().splitlines()]
   assert verbs == ["create", "scp", "ssh", "ssh", "ssh"]  # create, setup x2, train, logs
   assert "--accelerator-type v5p-16" in r.stdout and "--spot" in r.stdout
-  assert "jax[tpu]==" in r.stdout  # the TPU jaxlib of the pinned JAX version
+  # setup.sh installs the TPU build of the pinned JAX (requirements-tpu.txt) on every worker.
+  assert "ACCELERATOR=tpu SKIP_APT=1 bash scripts/setup.sh" in r.stdout.splitlines()[2]
+  assert "BVL_PLATFORM=tpu" in r.stdout.splitlines()[3]
   assert "tail -n 100 -F" in r.stdout.splitlines()[-1]
 
   r = tpu("train", "configs/fashion_vit.py", "/local/dir")
@@ -98,7 +100,8 @@ def test_slurm_script_trains_with_jax_slurm_detection(fashion_mnist_data_dir, tm
   env = dict(os.environ, SRUN=f"{sys.executable} {REPO}/tests/fake_srun.py",
              PYTHON=sys.executable, SLURM_NTASKS="2", SLURM_JOB_ID="77",
              JAX_COORDINATOR_PORT=str(free_port()), JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+             XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             BVL_PLATFORM="cpu")  # the script asks for gpu unless told otherwise
   overrides = [f"--config.{o}" for o in tiny_overrides(
       fashion_mnist_data_dir, total_steps=3, log_training_steps=1, ckpt_steps=3)]
   r = subprocess.run(["bash", "scripts/launch_slurm.sbatch", "configs/fashion_vit.py:runlocal",
@@ -107,5 +110,6 @@ def test_slurm_script_trains_with_jax_slurm_detection(fashion_mnist_data_dir, tm
   log = r.stdout + r.stderr
   assert r.returncode == 0, log[-4000:]
   assert "Devices: 4 (cpu), mesh {'data': 4}, 2 processes" in log
+  assert "Platform: cpu, 4 devices (cpu), 2 in this process; BVL_PLATFORM asks for cpu." in log
   assert "[p1]" in log
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["3"]
