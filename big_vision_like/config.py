@@ -290,6 +290,13 @@ KEYS: dict[str, Key] = {k.name: k for k in [
         "Evaluations"),
     Key("profile", "int|bool|dict", None, "jax.profiler trace of N steps (or "
         "`dict(first_step, num_steps)`)"),
+    Key("watchdog", "float|str", "10min", "a steady step making no progress this long "
+        "(seconds, or `\"90s\"`, `\"10min\"`, `\"1h\"`) stops the process with exit code "
+        "75 and every thread's stack; `0`: off (see watchdog.py)"),
+    Key("watchdog_compile_factor", "float", 3.0, "the first step after start or resume "
+        "(first batch, XLA compilation) may take this many times `watchdog`"),
+    Key("watchdog_eval_factor", "float", 3.0, "each evaluation and checkpoint save may take "
+        "this many times `watchdog`"),
 ]}
 
 INPUT_KEYS: dict[str, Key] = {k.name: k for k in [
@@ -402,6 +409,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   pp_builder.get_preprocess_fn(config.input.pp)
   mixup_lib.from_config(config.get("mixup"))
   profiling.parse(config.get("profile"), 0)
+  try:  # Durations like "10min", factors >= 1.
+    from big_vision_like import watchdog as watchdog_lib  # pylint: disable=g-import-not-at-top
+    watchdog_lib.parse_seconds(config.get("watchdog"), "config.watchdog")
+    for key in ("watchdog_compile_factor", "watchdog_eval_factor"):
+      if config.get(key) is not None:
+        watchdog_lib.check_factor(config[key], f"config.{key}")
+  except (TypeError, ValueError) as e:
+    raise ConfigError(str(e)) from None
   for name, ev in config.get("evals", {}).items():
     if not isinstance(ev, (Mapping, ml_collections.ConfigDict)) or "type" not in ev:
       raise ConfigError(f"config.evals.{name}.type is required")

@@ -51,8 +51,9 @@ processes, and three things must hold for it to be usable at all.
    coordinator) dies the others abort within ~1 s ("Failed to send RPC to
    coordination service. Either the leader task was preempted/died...").
    We only choose a shorter default timeout than JAX's 100 s; no extra
-   watchdog is needed. Not covered: a process that is alive but stuck (its
-   heartbeats go on), which leaves the others waiting in a collective.
+   watchdog is needed for that. Not covered here: a process that is alive
+   but stuck (its heartbeats go on), which leaves the others waiting in a
+   collective; watchdog.py stops it (and them).
 """
 
 from __future__ import annotations

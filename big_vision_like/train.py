@@ -14,7 +14,9 @@ A workdir that already holds a checkpoint resumes from it: same data order,
 same random numbers, same result as a run that was never interrupted. SIGTERM
 (a preemption notice) to any process stops every process after the same step
 (the current one with one process, 2-3 steps later with several), saves it and
-exits 0. Multi-process launch flags: see distributed.py.
+exits 0. Multi-process launch flags: see distributed.py. A run that is alive
+but stuck (no step, evaluation or checkpoint save finishing in time) is
+stopped by the watchdog (watchdog.py: stacks in the log, exit code 75).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from big_vision_like import experiment
 from big_vision_like import metrics as metrics_lib
 from big_vision_like import profiling
 from big_vision_like import sharding as sharding_lib
+from big_vision_like import watchdog as watchdog_lib
 from big_vision_like.data import input_pipeline
 
 NonFiniteLossError = errors.NonFiniteLossError
@@ -168,16 +171,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       total_steps=data.total_steps, num_train_examples=data.num_examples, workdir=str(workdir))
   writer = metrics_lib.MetricWriter(str(workdir), is_main=jax.process_index() == 0)
   progress = log_start(exp, data, step, state)
-  out = train_loop(exp, data, state, step, train_iter, ckpt, writer, evaluators, progress,
-                   workdir)
-  ckpt.close()
+  with watchdog_lib.Watchdog.from_config(config) as dog:
+    out = train_loop(exp, data, state, step, train_iter, ckpt, writer, evaluators, progress,
+                     workdir, dog)
+    ckpt.close()
   writer.close()
   return out
 
 
 def train_loop(exp, data, state, step, train_iter, ckpt, writer, evaluators, progress,
-               workdir) -> dict[str, Any]:
-  """Steps until `data.total_steps` or a joint preemption stop; logs, saves, evaluates."""
+               workdir, dog: watchdog_lib.Watchdog) -> dict[str, Any]:
+  """Steps until `data.total_steps` or a joint preemption stop; logs, saves, evaluates.
+
+  Tells `dog` what it is doing (beats are assignments: no device sync).
+  """
   config, total = exp.config, data.total_steps
   train_step = exp.jit_train_step()
   dropout_rng = exp.rngs()[1]
@@ -186,8 +193,11 @@ def train_loop(exp, data, state, step, train_iter, ckpt, writer, evaluators, pro
   meta = {"seed": config.seed, "input_spec": experiment.spec_to_json(exp.input_spec)}
   preempted, results = False, {}
   with distributed.PreemptionSync() as preemption:
+    dog.start_steps(step)  # The first step waits for the first batch and compiles.
     while step < total:
+      dog.beat(step, watchdog_lib.READING)
       batch, _ = input_pipeline.split_host_keys(next(train_iter))
+      dog.beat(step, watchdog_lib.TRAINING)
       batch = sharding_lib.put_process_local_batch(batch, exp.batch_sharding)
       profiler.before(step)
       with profiler.annotation(step):
@@ -214,15 +224,19 @@ def train_loop(exp, data, state, step, train_iter, ckpt, writer, evaluators, pro
         logging.info(metrics_lib.log_line(step, total, scalars))
       t0 = time.perf_counter()
       if is_ckpt:
+        dog.phase(f"saving the checkpoint of step {step}", dog.eval_factor)
         ckpt.save(step, state, {"step": step, "examples_seen": step * config.input.batch_size,
                                 **meta}, force=True)
       if stop:
         preempted = True
         break
-      results.update(evaluators_lib.run_evals(evaluators, state["params"], step, writer,
-                                              final=step == total))
+      results.update(evaluators_lib.run_evals(
+          evaluators, state["params"], step, writer, final=step == total,
+          before=lambda name: dog.phase(f"evaluating {name!r} at step {step}",
+                                        dog.eval_factor)))
       progress.pause(time.perf_counter() - t0)
   profiler.stop()
+  dog.phase("waiting for the last checkpoint writes", dog.eval_factor)
   ckpt.wait()
   writer.flush()
   return {"step": step, "preempted": preempted, **results, "state": state}

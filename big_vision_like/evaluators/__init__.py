@@ -53,8 +53,12 @@ def make_evaluators(config: Any, predict_fn: Callable, mesh: Any, data_axes: Any
 
 
 def run_evals(evaluators: list[tuple[str, Any, int]], params: Any, step: int, writer: Any,
-              *, final: bool = False) -> dict[str, float]:
+              *, final: bool = False,
+              before: Callable[[str], None] | None = None) -> dict[str, float]:
   """Runs the due evaluators; writes scalars, images and texts; returns scalars.
+
+  `before(name)` is called before each evaluator runs (train.py's watchdog
+  phase).
 
   An evaluator with `reference="val"` also gets `drop/{metric}` = val's
   value minus its own, for its `drop_metrics` both report.
@@ -62,6 +66,8 @@ def run_evals(evaluators: list[tuple[str, Any, int]], params: Any, step: int, wr
   results, images, texts, ran = {}, {}, {}, {}
   for name, evaluator, every in evaluators:
     if final or (every and step % every == 0):
+      if before is not None:
+        before(name)
       t0 = time.perf_counter()
       ran[name] = evaluator.run(params, step)
       for k, v in ran[name].items():
