@@ -74,6 +74,77 @@ class CheckpointCorruptError(RuntimeError):
   """A step's arrays do not match the checksums stored with them."""
 
 
+class CheckpointMismatchError(ValueError):
+  """A readable checkpoint that holds another model than the one restored into.
+
+  Not damage: falling back to older steps would not help (they hold the same
+  model) and setting them aside would lose a good run.
+  """
+
+
+def _saved_tree(step_dir: epath.Path) -> Any:
+  """The stored state's metadata tree (shapes, dtypes; no array is read)."""
+  return ocp.PyTreeCheckpointer().metadata(step_dir / STATE).item_metadata.tree
+
+
+def check_fits(step_dir: epath.Path, target: Any, subtree: str | None = None) -> None:
+  """Raises CheckpointMismatchError naming every param whose shape differs.
+
+  `target` is the abstract state (or, with `subtree="params"`, the params)
+  to restore into. Unreadable metadata is left to the restore itself (that
+  is damage, handled by falling back).
+  """
+  try:
+    saved = _saved_tree(step_dir)
+  except Exception:  # pylint: disable=broad-except
+    return
+  if subtree is not None:
+    if not isinstance(saved, dict) or subtree not in saved:
+      return  # load_params names a missing subtree itself
+    saved = saved[subtree]
+  saved_shapes = {n: tuple(m.shape) for n, m in params_lib.flatten_with_names(saved)
+                  if getattr(m, "shape", None) is not None}
+  leaves = params_lib.flatten_with_names(target)
+  wanted = {n: tuple(x.shape) for n, x in leaves
+            if hasattr(x, "shape") and not jax.dtypes.issubdtype(
+                getattr(x, "dtype", np.float32), jax.dtypes.prng_key)}
+  names = {n for n, _ in leaves}  # Python scalars (a step count) included
+  problems = [f"{n}: checkpoint {saved_shapes[n]} vs model {shape}"
+              for n, shape in sorted(wanted.items())
+              if n in saved_shapes and saved_shapes[n] != shape]
+  problems += [f"{n}: in the model {shape}, not in the checkpoint"
+               for n, shape in sorted(wanted.items()) if n not in saved_shapes]
+  problems += [f"{n}: in the checkpoint {shape}, not in the model"
+               for n, shape in sorted(saved_shapes.items()) if n not in names]
+  if problems:
+    # The params first: the optimizer state only repeats their shapes.
+    problems.sort(key=lambda p: (not p.startswith("params/"), p))
+    more = f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else ""
+    raise CheckpointMismatchError(
+        f"checkpoint {step_dir} holds another model than this config builds "
+        f"({len(problems)} parameter(s) differ; the files are fine):\n  " +
+        "\n  ".join(problems[:12]) + more)
+
+
+class _OrbaxNoise(logging.Filter):
+  """Drops orbax warnings that describe how we use it, not a problem.
+
+  Every read-only open (eval, load_params) logs that the directory is read only
+  and that save_interval_steps became 0, and every restore that the step has no
+  checkpoint-level metadata file (we never write one: meta and checksums are
+  items of the step). Any other orbax message passes.
+  """
+  NOISE = ("CheckpointManagerOptions.read_only=True", "Given directory is read only",
+           "Metadata file does not exist")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno <= logging.WARNING and
+                record.getMessage().startswith(self.NOISE))
+
+
+logging.getLogger("absl").addFilter(_OrbaxNoise())
+
+
 def _preservation_policy(keep_last: int, keep_every_steps: int | None):
   """Keep the newest `keep_last` steps plus every multiple of keep_every_steps."""
   policies = ocp.checkpoint_managers
@@ -193,6 +264,35 @@ def step_problem(step_dir: epath.PathLike) -> str | None:
   if not (step_dir / STATE / "_METADATA").exists():
     return f"item {STATE!r} has no _METADATA"
   return None
+
+
+class StepUnreadableError(RuntimeError):
+  """Some process could not read its part of a step (so none of them uses it)."""
+
+
+def _restore_on_all_or_none(step_dir: epath.Path, args: Any) -> Any:
+  """Every process reads its shards of `step_dir`; all succeed, or all raise.
+
+  orbax's own restore ends in a barrier that a process whose read failed
+  never reaches: the others would wait there and the processes fall out of
+  step. Here each process reads through the item handlers (no barrier), then
+  all processes exchange success flags (one all-gather that every process
+  reaches, failed or not), so they all fall back to the same older step.
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  error = None
+  restored = None
+  try:
+    restored = ocp.CompositeCheckpointHandler().restore(step_dir, args=args)
+  except Exception as e:  # pylint: disable=broad-except
+    error = e
+  ok = np.asarray(multihost_utils.process_allgather(np.array([error is None]))).reshape(-1)
+  if not ok.all():
+    bad = [i for i, good in enumerate(ok) if not good]
+    raise StepUnreadableError(
+        f"process(es) {bad} of {len(ok)} could not read their part of {step_dir}" +
+        (f" (here: {_short(error)})" if error is not None else ""))
+  return restored
 
 
 def _short(e: BaseException, limit: int = 300) -> str:
@@ -351,9 +451,24 @@ class Checkpointer:
     checksum mismatch), older steps are tried in turn, each failure logged as
     a warning naming the step dir. Unless read_only, the unreadable steps are
     then renamed to `{step}.unreadable-*` (kept for inspection) so that the
-    resumed run can save those steps again.
+    resumed run can save those steps again. A checkpoint of another model
+    (shapes differ) is a `CheckpointMismatchError` naming the parameters,
+    never taken for damage.
     """
     _check_abstract(abstract_state)
+    return self._restore_with_fallback(
+        lambda s: self._restore_step(abstract_state, s), abstract_state, None, step)
+
+  def restore_params(self, abstract_params: Any,
+                     step: int | None = None) -> tuple[Any, dict, int]:
+    """`(params, meta, step)`: only the params (evaluation), with `restore`'s fallback."""
+    def one(s: int) -> tuple[Any, dict, int]:
+      params = load_params(str(self.directory / str(s)), abstract_params)
+      return params, self.read_meta(s), s
+    return self._restore_with_fallback(one, abstract_params, "params", step)
+
+  def _restore_with_fallback(self, restore_one: Any, target: Any, subtree: str | None,
+                             step: int | None) -> tuple[Any, dict, int]:
     steps = self.all_steps()
     if not steps:
       raise FileNotFoundError(f"No checkpoint found in {self.directory}")
@@ -362,13 +477,17 @@ class Checkpointer:
         raise FileNotFoundError(
             f"No checkpoint for step {step} in {self.directory}; available "
             f"steps: {steps}")
-      return self._restore_step(abstract_state, step)
+      check_fits(self.directory / str(step), target, subtree)
+      return restore_one(step)
 
     failures = []
     for candidate in reversed(steps):
       step_dir = self.directory / str(candidate)
+      check_fits(step_dir, target, subtree)  # another model: an error, not damage
       try:
-        restored = self._restore_step(abstract_state, candidate)
+        restored = restore_one(candidate)
+      except CheckpointMismatchError:
+        raise
       except Exception as e:  # pylint: disable=broad-except
         # Any read error (missing file, corrupt data, bad metadata) means this
         # step is unusable; an older one may still be fine.
@@ -401,7 +520,10 @@ class Checkpointer:
     has_checksums = (step_dir / CHECKSUMS).is_dir()
     if has_checksums:
       items[CHECKSUMS] = ocp.args.JsonRestore()
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    if jax.process_count() > 1:
+      restored = _restore_on_all_or_none(step_dir, ocp.args.Composite(**items))
+    else:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     if has_checksums:
       _compare_checksums(f"checkpoint {step_dir}", restored[CHECKSUMS],
                          array_checksums(restored[STATE]))

@@ -286,6 +286,8 @@ KEYS: dict[str, Key] = {k.name: k for k in [
     Key("keep_ckpt_last", "int", 3, "checkpoints kept (newest)"),
     Key("keep_ckpt_steps", "int", None, "also keep every checkpoint at a multiple of this"),
     Key("ckpt_async", "bool", True, "write checkpoints in the background"),
+    Key("allow_config_change", "bool", False, "resume a workdir even though keys that change "
+        "training (model, optimizer, schedule, data) differ from its saved config"),
     Key("evals", "dict", {}, "{name: dict(type=..., log_steps=..., options)}; see "
         "Evaluations"),
     Key("profile", "int|bool|dict", None, "jax.profiler trace of N steps (or "

@@ -8,12 +8,17 @@ whose `model_init` is "zoo:NAME[=PATH]" and a workdir without checkpoints
 evaluates that published model as is (step 0: configs/zoo_eval.py); results go
 to TensorBoard and metrics.jsonl at the checkpoint's step. The model's input
 shapes come from the checkpoint (training records them), so only the
-evaluation datasets are read.
+evaluation datasets are read. A damaged newest step falls back to an older
+one exactly as training does; a read-only workdir is evaluated and printed
+(`--results_dir DIR` writes the events and metrics.jsonl elsewhere).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
+import os
 import sys
 from typing import Any
 
@@ -29,45 +34,86 @@ from big_vision_like import zoo
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
-             step: int | None = None) -> dict[str, Any]:
-  """Restores the params of `step` (default latest) and runs all evaluators."""
+             step: int | None = None, results_dir: str | None = None) -> dict[str, Any]:
+  """Restores the params of `step` (default latest) and runs all evaluators.
+
+  Results are written to `results_dir` (default: the workdir; a workdir that
+  is not writable, e.g. a finished run shared read-only, is evaluated anyway
+  and the results are only returned/printed).
+  """
   config = config_lib.resolve(config)
   ckpt_dir = epath.Path(workdir) / "checkpoints"
   if _published(config) and (step is not None or not ckpt_dir.exists()):
-    return _evaluate_published(config, workdir)
+    return _evaluate_published(config, workdir, results_dir)
   no_ckpt = (f"No checkpoint in {ckpt_dir}: train first, or pass the workdir of a "
              "finished run")
   if not ckpt_dir.exists():
     raise FileNotFoundError(no_ckpt)
   # Read-only: an evaluation next to a running training must not clean up the
   # training's in-progress checkpoint writes.
-  ckpt = ckpt_lib.Checkpointer(str(ckpt_dir), async_save=False, read_only=True)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    ckpt.close()
-    raise FileNotFoundError(no_ckpt)
-  meta = ckpt.read_meta(step)
-  ckpt.close()
-  if "input_spec" not in meta:
-    raise ValueError(f"checkpoint {ckpt_dir / str(step)} records no input_spec (written "
-                     "before eval.py could read one); evaluate it with the version that "
-                     "wrote it, or re-save it by resuming training for one step")
-  exp = experiment.build(config, input_spec=experiment.spec_from_json(meta["input_spec"]))
-  params = ckpt_lib.load_params(str(ckpt_dir / str(step)), exp.abstract_params)
+  with ckpt_lib.Checkpointer(str(ckpt_dir), async_save=False, read_only=True) as ckpt:
+    steps = ckpt.all_steps() if step is None else [step]
+    if not steps:
+      raise FileNotFoundError(no_ckpt)
+    meta = _newest_meta(ckpt, steps)
+    exp = experiment.build(config, input_spec=experiment.spec_from_json(meta["input_spec"]))
+    # The newest readable step, with training's fallback (checkpoint.py).
+    params, _, step = ckpt.restore_params(exp.abstract_params, step=step)
   evaluators = evaluators_lib.make_evaluators(
       config, exp.predict_fn, exp.mesh, exp.data_axes, batch_size=config.input.batch_size,
-      total_steps=step, num_train_examples=None, workdir=workdir)
-  writer = metrics_lib.MetricWriter(workdir)
+      total_steps=step, num_train_examples=None, workdir=results_dir or workdir)
+  writer = _writer(workdir, results_dir)
   results = evaluators_lib.run_evals(evaluators, params, step, writer, final=True)
   writer.close()
   return {"step": step, **results}
+
+
+def _newest_meta(ckpt: ckpt_lib.Checkpointer, steps: list[int]) -> dict:
+  """The meta of the newest step that has a readable one (it records the input spec)."""
+  for s in reversed(steps):
+    try:
+      meta = ckpt.read_meta(s)
+    except (OSError, ValueError) as e:
+      logging.warning("Checkpoint step %d has no readable meta (%s); trying an older step",
+                      s, e)
+      continue
+    if "input_spec" not in meta:
+      raise ValueError(f"checkpoint {ckpt.directory / str(s)} records no input_spec "
+                       "(written before eval.py could read one); evaluate it with the "
+                       "version that wrote it, or re-save it by resuming training for one "
+                       "step")
+    return meta
+  raise FileNotFoundError(f"No checkpoint step of {ckpt.directory} has a readable meta")
 
 
 def _published(config: ml_collections.ConfigDict) -> bool:
   return isinstance(config.model_init, str) and config.model_init.startswith("zoo:")
 
 
-def _evaluate_published(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _writable(directory: str) -> bool:
+  probe = epath.Path(directory) / f".bvl_write_probe_{os.getpid()}"
+  try:
+    epath.Path(directory).mkdir(parents=True, exist_ok=True)
+    probe.write_text("")
+    probe.unlink()
+    return True
+  except Exception:  # pylint: disable=broad-except  (OSError, tf.errors.*: any means no)
+    return False
+
+
+def _writer(workdir: str, results_dir: str | None) -> metrics_lib.MetricWriter:
+  """Where TensorBoard events and metrics.jsonl go: results_dir, the workdir, or nowhere."""
+  if results_dir is not None:
+    return metrics_lib.MetricWriter(results_dir)
+  if not _writable(workdir):
+    logging.warning("%s is not writable: the results are only printed (pass --results_dir "
+                    "DIR to write TensorBoard events and metrics.jsonl there).", workdir)
+    return metrics_lib.MetricWriter(workdir, is_main=False)
+  return metrics_lib.MetricWriter(workdir)
+
+
+def _evaluate_published(config: ml_collections.ConfigDict, workdir: str,
+                        results_dir: str | None = None) -> dict[str, Any]:
   """Evaluates `config.model_init="zoo:NAME[=PATH]"` as published (step 0, no training)."""
   name, _ = zoo.parse_spec(config.model_init)
   exp = experiment.build(config, input_spec=zoo.input_spec(zoo.get(name)))
@@ -75,18 +121,21 @@ def _evaluate_published(config: ml_collections.ConfigDict, workdir: str) -> dict
   params = ckpt_lib.init_from_checkpoints(target, config.model_init, config.model_init_skip)
   evaluators = evaluators_lib.make_evaluators(
       config, exp.predict_fn, exp.mesh, exp.data_axes, batch_size=config.input.batch_size,
-      total_steps=0, num_train_examples=None, workdir=workdir)
-  writer = metrics_lib.MetricWriter(workdir)
+      total_steps=0, num_train_examples=None, workdir=results_dir or workdir)
+  writer = _writer(workdir, results_dir)
   results = evaluators_lib.run_evals(evaluators, params, 0, writer, final=True)
   writer.close()
   return {"step": 0, "model_init": config.model_init, **results}
 
 
 def main(argv: list[str] | None = None) -> int:
-  config, workdir = config_lib.parse_cli(sys.argv[1:] if argv is None else argv,
-                                         __doc__.split("\n")[0])
+  pre = argparse.ArgumentParser(add_help=False)
+  pre.add_argument("--results_dir", default=None,
+                   help="write TensorBoard events and metrics.jsonl here, not in the workdir")
+  args, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
+  config, workdir = config_lib.parse_cli(rest, __doc__.split("\n")[0])
   metrics_lib.setup_logging()
-  results = evaluate(config, workdir)
+  results = evaluate(config, workdir, results_dir=args.results_dir)
   print(json.dumps(results, indent=2, sort_keys=True))
   return 0
 

@@ -42,6 +42,7 @@ from big_vision_like import evaluators as evaluators_lib
 from big_vision_like import experiment
 from big_vision_like import metrics as metrics_lib
 from big_vision_like import profiling
+from big_vision_like import run_config
 from big_vision_like import sharding as sharding_lib
 from big_vision_like import watchdog as watchdog_lib
 from big_vision_like.data import input_pipeline
@@ -154,12 +155,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                keep_every_steps=config.keep_ckpt_steps,
                                async_save=config.ckpt_async)
   start_step = ckpt.latest_step() or 0
+  if start_step:  # the same run, or refused (run_config.py)
+    run_config.check_resume(workdir, config, start_step)
   train_iter = data.iterator(start_step)
   exp = experiment.build(config, input_spec=input_spec(train_iter),
                          total_steps=data.total_steps, num_examples=data.num_examples)
   check_batch_size(exp)
   if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config_lib.to_json(config))
+    run_config.save(workdir, config, start_step)
 
   state, step = initial_state(exp, ckpt, start_step)
   if step != start_step:

@@ -196,8 +196,10 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere(fashion_mnist_dat
   for text in texts:
     assert f"Done: {{'step': {step}, 'preempted': True}}" in text
 
-  # Restart (explicit flags this time): resumes from that step and finishes.
-  procs, logs = _launch(workdir, fashion_mnist_data_dir, step + 2, use_env=False)
+  # Restart (explicit flags this time): resumes from that step and finishes (a
+  # shorter schedule than the first launch's 100,000 steps: said explicitly).
+  procs, logs = _launch(workdir, fashion_mnist_data_dir, step + 2, use_env=False,
+                        extra=("--config.allow_config_change=True",))
   texts = _finish(procs, logs)
   for i, (p, text) in enumerate(zip(procs, texts)):
     assert p.returncode == 0, f"process {i}:\n{text[-4000:]}"

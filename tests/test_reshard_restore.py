@@ -37,9 +37,9 @@ REPLICATED = {"mesh": '[("data",-1)]', "sharding_strategy": '[(".*","replicate")
 
 
 def _train(workdir, data_dir, *, processes: int, devices_each: int,
-           total_steps: int, layout: dict) -> list[str]:
+           total_steps: int, layout: dict, **extra) -> list[str]:
   overrides = dict(fault_injection.TINY_OVERRIDES, total_steps=total_steps,
-                   ckpt_steps=2, **layout)
+                   ckpt_steps=2, **layout, **extra)
   overrides["input.data.data_dir"] = data_dir
   cmd = [sys.executable, "-m", "big_vision_like.train", "--config",
          "configs/fashion_vit.py:runlocal", "--workdir", str(workdir)]
@@ -74,10 +74,10 @@ def _leg(processes: int, layout: dict, mesh_shape: dict) -> dict:
               mesh_shape=mesh_shape)
 
 
-def _launch(workdir, data_dir, leg: dict, total_steps: int) -> str:
+def _launch(workdir, data_dir, leg: dict, total_steps: int, **extra) -> str:
   logs = _train(workdir, data_dir, total_steps=total_steps,
                 processes=leg["processes"], devices_each=leg["devices_each"],
-                layout=leg["layout"])
+                layout=leg["layout"], **extra)
   assert (f"Devices: 8 (cpu), mesh {leg['mesh_shape']}, "
           f"{leg['processes']} processes") in logs[0]
   return logs[0]
@@ -92,7 +92,9 @@ def _resume_and_compare(tmp_path, data_dir, first: dict, second: dict):
   saved4 = _check_against_saved_checksums(ckpt_dir / "4")
   assert any(n.startswith("opt/") for n in saved4)  # optimizer state too
 
-  log = _launch(workdir, data_dir, second, total_steps=8)
+  # Another mesh and sharding may resume as they are; a longer run changes the
+  # schedule, which a resume must be told is intended.
+  log = _launch(workdir, data_dir, second, total_steps=8, allow_config_change=True)
   # Resumed from the other layout's step 4 (its checksums verified on the
   # new shardings inside restore), no fallback, and trained on to step 8.
   assert "Resumed from step 4" in log
@@ -122,3 +124,25 @@ def test_1x8_fsdp_save_resumes_in_2x4_replicated(tmp_path, fashion_mnist_data_di
   _resume_and_compare(tmp_path, fashion_mnist_data_dir,
                       _leg(1, FSDP, {"data": 1, "fsdp": 8}),
                       _leg(2, REPLICATED, {"data": 8}))
+
+
+def test_a_step_one_process_cannot_read_is_dropped_by_all(tmp_path, fashion_mnist_data_dir):
+  # FSDP over 2 processes: each reads back the shards it wrote itself. Damage only
+  # process 1's files of step 4: process 0 could read its part, but all processes
+  # must agree on one step, so both fall back to step 2 and train on from there.
+  workdir = tmp_path / "run"
+  leg = _leg(2, FSDP, {"data": 1, "fsdp": 8})
+  _launch(workdir, fashion_mnist_data_dir, leg, total_steps=4)
+  files = sorted((workdir / "checkpoints" / "4" / "state" / "ocdbt.process_1" / "d").iterdir())
+  assert files
+  for f in files:
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  logs = _train(workdir, fashion_mnist_data_dir, total_steps=4, processes=2,
+                devices_each=4, layout=FSDP)
+  for log in logs:
+    assert "could not read their part" in log and "process(es) [1] of 2" in log, log[-3000:]
+    assert "Resumed from step 2" in log and "Traceback" not in log
+  assert "step 4/4" in logs[0]
+  with checkpoint.Checkpointer(str(workdir / "checkpoints"), read_only=True) as ckpt:
+    assert ckpt.all_steps() == [2, 4]
+  _check_against_saved_checksums(workdir / "checkpoints" / "4")  # written again, whole

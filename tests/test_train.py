@@ -187,7 +187,9 @@ def test_sigterm_saves_and_resumes(fashion_mnist_data_dir, tmp_path):
   # Same workdir again: resumes from the saved step, not from scratch.
   config = config_lib.load_config(
       "configs/fashion_vit.py:runlocal",
-      tiny_overrides(fashion_mnist_data_dir, total_steps=saved + 3, log_training_steps=1))
+      # (a shorter schedule than the first leg's 100,000 steps: said explicitly)
+      tiny_overrides(fashion_mnist_data_dir, total_steps=saved + 3, log_training_steps=1,
+                     allow_config_change=True))
   out = train_lib.train(config, workdir)
   assert out["step"] == saved + 3
   steps = [r["step"] for r in read_jsonl(metrics) if "train/loss" in r]
@@ -223,6 +225,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(fashion_mnist_data_dir, t
   bad = tiny_config(fashion_mnist_data_dir, total_steps=20)
   bad.input.pp = ("decode(1)|value_range(-3e38, 3e38)"
                   "|onehot(10, key='label', key_result='labels')")
+  bad.allow_config_change = True  # another pp and length on purpose
   with pytest.raises(train_lib.NonFiniteLossError, match=r"step 1[1-5].*step 10"):
     train_lib.train(bad, workdir)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
