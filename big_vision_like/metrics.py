@@ -2,6 +2,10 @@
 
 `MetricWriter` sends scalars to clu's TensorBoard writer and appends one JSON
 object per logged step to `{workdir}/metrics.jsonl`; only process 0 writes.
+The jsonl rows are written by a background thread (`JsonlWriter`), never by
+the training thread: at once to a local file, but buffered for a remote one
+(gs://...), where every append rewrites the whole object: at most once per
+`remote_flush_s` (2 min), at `flush()`/`close()` and at interpreter exit.
 `Progress` turns step timings into img/s, img/s/core, ETA and MFU.
 
 MFU = model FLOPs per step / step time / peak FLOP/s of all devices. Model
@@ -13,9 +17,12 @@ it is measured once with a large jitted float32 matmul (and logged as such).
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from typing import Any, Mapping
 
@@ -75,24 +82,133 @@ def forward_flops(fn, *args) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
+class MetricsWriteError(RuntimeError):
+  """metrics.jsonl could not be written (raised in the thread that logs)."""
+
+
+_FLUSH, _CLOSE = object(), object()
+_OPEN_WRITERS: set[JsonlWriter] = set()  # started, not closed yet (closed at exit)
+
+
+def is_remote(path) -> bool:
+  """gs://, s3://, ...: object stores, where an append rewrites the object."""
+  return "://" in str(path)
+
+
+class JsonlWriter:
+  """Appends JSON rows to one file from a background thread.
+
+  `buffer_s` = 0 writes each row as soon as the thread gets it; otherwise rows
+  wait until `buffer_s` seconds after the first unwritten one, or `flush()`,
+  or `close()`. A failed write is raised as `MetricsWriteError` by the next
+  `append`/`flush`/`close` call (in the caller's thread); the rows of that
+  write are lost, later rows are not written.
+  """
+
+  def __init__(self, path: epath.Path, *, buffer_s: float):
+    self.path, self.buffer_s = path, buffer_s
+    self._queue: queue.Queue = queue.Queue()
+    self._error: BaseException | None = None
+    self._closed = False
+    self._thread = threading.Thread(target=self._run, daemon=True,
+                                    name=f"JsonlWriter({path})")
+    self._thread.start()
+    _OPEN_WRITERS.add(self)
+
+  def append(self, row: Mapping[str, Any]) -> None:
+    self._raise_if_failed()
+    if self._closed:
+      raise MetricsWriteError(f"{self.path}: append after close()")
+    self._queue.put(json.dumps(row) + "\n")
+
+  def flush(self) -> None:
+    """Writes every row appended so far; returns when they are written."""
+    if not self._closed:
+      done = threading.Event()
+      self._queue.put((_FLUSH, done))
+      done.wait()
+    self._raise_if_failed()
+
+  def close(self) -> None:
+    """Writes what is left and stops the thread (idempotent)."""
+    if not self._closed:
+      self._closed = True
+      self._queue.put((_CLOSE, None))
+      self._thread.join()
+      _OPEN_WRITERS.discard(self)
+    self._raise_if_failed()
+
+  def _raise_if_failed(self) -> None:
+    if self._error is not None:
+      raise MetricsWriteError(
+          f"writing {self.path} failed: {type(self._error).__name__}: {self._error}"
+      ) from self._error
+
+  def _write(self, lines: list[str]) -> None:
+    if not lines or self._error is not None:
+      return
+    try:
+      with self.path.open("a") as f:
+        f.write("".join(lines))
+    except Exception as e:  # noqa: BLE001  # pylint: disable=broad-except
+      self._error = e  # raised by the next call in the caller's thread
+
+  def _run(self) -> None:
+    pending: list[str] = []
+    deadline = None  # when the oldest pending row must be written
+    while True:
+      timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+      try:
+        item = self._queue.get(timeout=timeout)
+      except queue.Empty:
+        item = None  # buffer_s is up
+      if isinstance(item, str):
+        pending.append(item)
+        if deadline is None:
+          deadline = time.monotonic() + self.buffer_s
+        if self.buffer_s > 0 and time.monotonic() < deadline:
+          continue
+        while not self._queue.empty() and isinstance(self._queue.queue[0], str):
+          pending.append(self._queue.get())  # rows queued meanwhile: one write
+      self._write(pending)
+      pending, deadline = [], None
+      if isinstance(item, tuple):
+        command, done = item
+        if command is _CLOSE:
+          return
+        done.set()
+
+
+@atexit.register
+def _close_open_writers() -> None:
+  """Writes the rows of writers nobody closed (e.g. a run that raised)."""
+  for writer in list(_OPEN_WRITERS):
+    try:
+      writer.close()
+    except MetricsWriteError as e:
+      logging.getLogger(__name__).error("%s", e)
+
+
 class MetricWriter:
   """Writes scalars/images to TensorBoard and scalars to metrics.jsonl."""
 
-  def __init__(self, workdir: str, *, is_main: bool | None = None):
+  def __init__(self, workdir: str, *, is_main: bool | None = None,
+               remote_flush_s: float = 120.0):
     self.is_main = jax.process_index() == 0 if is_main is None else is_main
     self.workdir = epath.Path(workdir)
     # TensorBoard only (the train loop prints its own compact log line); other
     # processes write nothing.
     self._tb = (metric_writers.SummaryWriter(str(self.workdir / "tensorboard"))
                 if self.is_main else metric_writers.MultiWriter([]))
-    self._jsonl = self.workdir / "metrics.jsonl"
+    jsonl = self.workdir / "metrics.jsonl"
+    self._jsonl = (JsonlWriter(jsonl, buffer_s=remote_flush_s if is_remote(jsonl) else 0)
+                   if self.is_main else None)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
     self._tb.write_scalars(step, scalars)
-    if self.is_main:
-      with self._jsonl.open("a") as f:
-        f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    if self._jsonl:
+      self._jsonl.append({"step": int(step), **scalars})
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
     self._tb.write_images(step, images)
@@ -101,10 +217,15 @@ class MetricWriter:
     self._tb.write_texts(step, texts)
 
   def flush(self) -> None:
+    """TensorBoard and metrics.jsonl hold everything written so far."""
     self._tb.flush()
+    if self._jsonl:
+      self._jsonl.flush()
 
   def close(self) -> None:
     self._tb.close()
+    if self._jsonl:
+      self._jsonl.close()
 
 
 class Progress:
