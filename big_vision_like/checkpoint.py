@@ -130,12 +130,15 @@ class _OrbaxNoise(logging.Filter):
   """Drops orbax warnings that describe how we use it, not a problem.
 
   Every read-only open (eval, load_params) logs that the directory is read only
-  and that save_interval_steps became 0, and every restore that the step has no
+  and that save_interval_steps became 0, every restore that the step has no
   checkpoint-level metadata file (we never write one: meta and checksums are
-  items of the step). Any other orbax message passes.
+  items of the step), and a damaged step that its metadata is unreadable
+  (restore then warns once, naming the step). Any other orbax message passes.
   """
   NOISE = ("CheckpointManagerOptions.read_only=True", "Given directory is read only",
-           "Metadata file does not exist")
+           "Metadata file does not exist",
+           # a damaged step's metadata: our own warning about that step follows
+           "Failed to get item metadata from directory")
 
   def filter(self, record: logging.LogRecord) -> bool:
     return not (record.levelno <= logging.WARNING and
