@@ -60,15 +60,21 @@ class Predictor:
   # -- Construction.
 
   @classmethod
-  def from_zoo(cls, name: str, weights: str | None = None, *, pp: str | None = None
-               ) -> "Predictor":
+  def from_zoo(cls, name: str, weights: str | None = None, *, pp: str | None = None,
+               text_file: str | None = None) -> "Predictor":
+    """`text_file`: the tokenizer file published with a two-tower (SigLIP, LiT)."""
     loaded = zoo.load(name, weights)
     entry = loaded.entry
     names = None
     if entry.class_names:
       names = zeroshot.resolve_class_names(entry.class_names, f"zoo {name}")
-    return cls(loaded.experiment, loaded.params, pp=pp or entry.pp, class_names=names,
-               text_pp=entry.text_pp, name=name)
+    predictor = cls(loaded.experiment, loaded.params, pp=pp or entry.pp, class_names=names,
+                    text_pp=entry.text_pp, name=name)
+    if entry.text_pp and (text_file or zoo.TEXT_FILE_PLACEHOLDER not in entry.text_pp):
+      predictor.text_pp = zoo.text_pp(entry, text_file)
+    else:
+      predictor._entry_needing_text_file = entry  # texts raise, naming the file
+    return predictor
 
   @classmethod
   def from_workdir(cls, workdir: str, *, step: int | None = None, pp: str | None = None,
@@ -163,6 +169,9 @@ class Predictor:
 
   def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
     """L2-normalised text embeddings [N, D] of a two-tower model."""
+    entry = getattr(self, "_entry_needing_text_file", None)
+    if entry is not None:
+      zoo.text_pp(entry)  # raises, naming the tokenizer file to pass
     if not self.is_two_tower or not self.text_pp:
       raise ValueError(f"{self.name} has no text tower (or no text pp to tokenize with)")
     tokens = zeroshot.tokenize(list(texts), self.text_pp, f"{self.name} texts")
@@ -253,10 +262,12 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--topk", type=int, default=5)
   ap.add_argument("--pp", help="image pp string (default: the model's eval pp)")
   ap.add_argument("--texts", help="class names file (one per line) for a two-tower model")
+  ap.add_argument("--text_file", help="the tokenizer file published with a two-tower "
+                  "(SigLIP's SentencePiece model, LiT's WordPiece vocabulary)")
   args = ap.parse_args(argv)
   try:
     if args.model:
-      p = Predictor.from_zoo(args.model, args.weights, pp=args.pp)
+      p = Predictor.from_zoo(args.model, args.weights, pp=args.pp, text_file=args.text_file)
     else:
       if args.weights:
         raise ValueError("--weights goes with --model, not --workdir")

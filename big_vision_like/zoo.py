@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from typing import Any, Callable
 
 import jax
@@ -197,6 +198,28 @@ def get(name: str) -> ZooEntry:
     from big_vision_like.errors import unknown_name_message
     raise ValueError(unknown_name_message("zoo model", name, ZOO))
   return ZOO[name]
+
+
+# Tokenizer files that are published beside the weights (SigLIP's SentencePiece
+# model, LiT's WordPiece vocabulary) appear in `text_pp` as PATH/TO/<file name>.
+TEXT_FILE_PLACEHOLDER = "PATH/TO/"
+
+
+def text_pp(entry: ZooEntry, text_file: str | None = None) -> str | None:
+  """The entry's text pp with its tokenizer file filled in from `text_file`.
+
+  Raises naming the file the entry needs when it needs one and none is given.
+  """
+  pp = entry.text_pp
+  match = re.search(re.escape(TEXT_FILE_PLACEHOLDER) + r"([^'\"]+)", pp or "")
+  if match is None:
+    return pp
+  if not text_file:
+    raise ValueError(
+        f"zoo {entry.name}: its texts are tokenized with {match.group(1)}, a file published "
+        "with the weights; pass its path (Predictor.from_zoo(..., text_file=PATH), "
+        "--text_file PATH, or configs/zoo_eval.py:...,text_file=PATH)")
+  return pp.replace(match.group(0), text_file)
 
 
 def resolve_source(entry: ZooEntry) -> str:

@@ -8,7 +8,8 @@ Each eval preprocesses images with the zoo entry's published pp string (its
 resolution, crop and normalisation). Classifiers are scored directly; a
 two-tower model (CLIP, SigLIP) zero-shot, with CLIP's 80 prompts and curated
 class names. Arguments: model (a zoo name), weights, evals (scorecard names
-joined by '+', default all), data_dir, batch.
+joined by '+', default all), data_dir, batch, text_file (the tokenizer file a
+SigLIP or LiT model is published with, e.g. LiT-B16B.txt).
 """
 
 import ml_collections
@@ -19,7 +20,7 @@ from big_vision_like.config import parse_arg
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, model="", weights="", evals="", data_dir="", batch=64)
+  arg = parse_arg(arg, model="", weights="", evals="", data_dir="", batch=64, text_file="")
   entry = zoo.get(arg.model)
   config = ml_collections.ConfigDict()
   config.update(zoo.model_config(entry))
@@ -37,7 +38,8 @@ def get_config(arg=None):
   if entry.model == "two_tower":
     from big_vision_like.evaluators import zeroshot
     evals = {k: zeroshot.as_zeroshot(ev, class_names=entry.class_names or "imagenet2012_clip",
-                                     prompts="clip_imagenet", pp_txt=entry.text_pp)
+                                     prompts="clip_imagenet",
+                                     pp_txt=zoo.text_pp(entry, arg.text_file or None))
              for k, ev in evals.items()}
   config.evals = evals
   first = next(iter(evals.values()))

@@ -153,7 +153,7 @@ def test_big_vision_lit_bert_tower_matches_big_vision():
                             max_len=24)),
       format="big_vision", source=str(FIX / "bv_lit_tiny.npz"),
       pp="decode|resize(32)|value_range(-1, 1)", resolution=32, text_len=16,
-      text_pp=f"tokenize(16, tokenizer='bert:{VOCAB}', bos=True, eos='none')")
+      text_pp="tokenize(16, tokenizer='bert:PATH/TO/vocab.txt', bos=True, eos='none')")
   zoo.ZOO.setdefault(entry.name, entry)
   loaded = zoo.load(entry.name)  # the real zoo -> experiment -> fit path
   model = loaded.experiment.model
@@ -167,8 +167,12 @@ def test_big_vision_lit_bert_tower_matches_big_vision():
   changed = jax.jit(model.apply)({"params": loaded.params}, None, longer)[1]
   assert _max_diff(changed[0], ztxt[0]) > 1e-3 and _max_diff(changed[1:], ztxt[1:]) < 1e-6
   # Texts through our WordPiece tokenizer and the predict API: big_vision's ztxt.
+  # (the vocabulary is published beside the weights: the user names its path)
   from big_vision_like import predict
-  z = predict.Predictor.from_zoo(entry.name).embed_texts(list(io["texts"]))
+  with pytest.raises(ValueError, match=r"tokenized with vocab\.txt.*text_file"):
+    predict.Predictor.from_zoo(entry.name).embed_texts(["a cat"])
+  z = predict.Predictor.from_zoo(entry.name, text_file=str(VOCAB)).embed_texts(
+      list(io["texts"]))
   assert _max_diff(z, io["ztxt"]) < TOL
   # Export writes big_vision's names and shapes back, bit for bit (the position
   # embedding keeps our zero class-token row, which big_vision's loader folds away).

@@ -76,6 +76,18 @@ def test_published_entries_are_complete():
     zoo.get("vit_base_patch16_224.augreg2_in21k_ft_in1")
 
 
+def test_zoo_eval_of_lit_names_and_takes_its_vocabulary():
+  from big_vision_like import config as config_lib
+  with pytest.raises(ValueError, match=r"LiT-B16B\.txt.*text_file=PATH"):
+    config_lib.load_config("configs/zoo_eval.py:model=lit/B16B,evals=val")
+  config = config_lib.load_config("configs/zoo_eval.py:model=lit/B16B,evals=val,"
+                                  "text_file=/data/LiT-B16B.txt")
+  (ev,) = config.evals.values()
+  assert ev.pp_txt == ("tokenize(16, tokenizer='bert:/data/LiT-B16B.txt', bos=True, "
+                       "eos='none')")
+  assert config.model_name == "two_tower" and config.model.text_model == "bert"
+
+
 def test_zoo_load_from_offline_hub_cache_matches_timm(hub_cache):
   io = np.load(FIX / "timm_vit_tok_io.npz")
   loaded = zoo.load("test/tiny_vit")  # no path: resolved through the hub cache
