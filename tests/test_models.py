@@ -655,3 +655,15 @@ def test_resnet_quarter_width_needs_fewer_groups():
   assert logits.shape == (2, 10)
   with pytest.raises(ValueError, match=r"model\.gn_groups=32"):
     resnet.ResNet(depth=26, width=0.25)
+
+
+def test_attention_implementation_by_platform():
+  from big_vision_like.models import vit as vit_lib
+  pick = vit_lib.attention_implementation
+  assert pick(jnp.bfloat16, 64, backend="gpu") == "cudnn"
+  assert pick(jnp.float16, 128, backend="cuda") == "cudnn"
+  assert pick(jnp.float32, 64, backend="gpu") is None  # cuDNN's kernel is bf16/fp16
+  assert pick(jnp.bfloat16, 100, backend="gpu") is None  # head size it does not take
+  assert pick(jnp.bfloat16, 64, backend="tpu") is None
+  assert pick(jnp.bfloat16, 64, backend="cpu") is None
+  assert pick(jnp.bfloat16, 64) is None  # this machine

@@ -118,6 +118,23 @@ def posemb_sincos_2d(h: int, w: int, width: int,
 _ATTN_NAMES = ("batch", "length", "heads", "kv")
 
 
+def attention_implementation(dtype: Any, head_dim: int, backend: str | None = None
+                             ) -> str | None:
+  """"cudnn" where cuDNN's fused attention applies, else None (XLA's own).
+
+  jax.nn.dot_product_attention picks XLA's implementation unless told; on a
+  GPU with bf16/fp16 activations and head sizes cuDNN takes (multiples of 8,
+  at most 128) we ask for cuDNN's flash-attention kernel. The math is the
+  same (softmax(q k^T / sqrt(d)) v); CPUs and TPUs keep XLA's version, so
+  CPU results do not change.
+  """
+  backend = backend or jax.default_backend()
+  if (backend in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+      and head_dim % 8 == 0 and head_dim <= 128):
+    return "cudnn"
+  return None
+
+
 def _attention(query, key, value, mask=None, dropout_rng=None,
                dropout_rate=0.0, broadcast_dropout=True, deterministic=False,
                dtype=None, precision=None, force_fp32_for_softmax=False):
@@ -130,8 +147,16 @@ def _attention(query, key, value, mask=None, dropout_rng=None,
   if dropout_rate == 0.0 or deterministic:
     # jax.nn's attention: the same math, ~12% faster for a whole ViT-B/16 on
     # CPU than flax's generic einsum version (tools/predict_throughput).
-    out = jax.nn.dot_product_attention(
-        query, key, value, mask=None if mask is None else mask.astype(bool))
+    mask = None if mask is None else mask.astype(bool)
+    out = None
+    if attention_implementation(query.dtype, query.shape[-1]) == "cudnn":
+      try:  # cuDNN's fused kernel; shapes it does not take are refused at trace time
+        out = jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                           implementation="cudnn")
+      except (ValueError, NotImplementedError, RuntimeError, TypeError):
+        out = None
+    if out is None:
+      out = jax.nn.dot_product_attention(query, key, value, mask=mask)
   else:
     out = nn.dot_product_attention(
         query, key, value, mask=mask, dropout_rng=dropout_rng,
