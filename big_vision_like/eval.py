@@ -28,9 +28,10 @@ from etils import epath
 from big_vision_like import checkpoint as ckpt_lib
 from big_vision_like import config as config_lib
 from big_vision_like import evaluators as evaluators_lib
-from big_vision_like import experiment
+from big_vision_like import experiment, zoo
 from big_vision_like import metrics as metrics_lib
-from big_vision_like import zoo
+
+logger = logging.getLogger(__name__)
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -74,7 +75,7 @@ def _newest_meta(ckpt: ckpt_lib.Checkpointer, steps: list[int]) -> dict:
     try:
       meta = ckpt.read_meta(s)
     except (OSError, ValueError) as e:
-      logging.warning("Checkpoint step %d has no readable meta (%s); trying an older step",
+      logger.warning("Checkpoint step %d has no readable meta (%s); trying an older step",
                       s, e)
       continue
     if "input_spec" not in meta:
@@ -106,7 +107,7 @@ def _writer(workdir: str, results_dir: str | None) -> metrics_lib.MetricWriter:
   if results_dir is not None:
     return metrics_lib.MetricWriter(results_dir)
   if not _writable(workdir):
-    logging.warning("%s is not writable: the results are only printed (pass --results_dir "
+    logger.warning("%s is not writable: the results are only printed (pass --results_dir "
                     "DIR to write TensorBoard events and metrics.jsonl there).", workdir)
     return metrics_lib.MetricWriter(workdir, is_main=False)
   return metrics_lib.MetricWriter(workdir)

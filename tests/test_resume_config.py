@@ -14,8 +14,7 @@ import sys
 
 import pytest
 
-from big_vision_like import checkpoint
-from big_vision_like import errors
+from big_vision_like import checkpoint, errors
 from big_vision_like import eval as eval_lib
 from big_vision_like import train as train_lib
 from tests.helpers import read_jsonl, tiny_config, tiny_overrides

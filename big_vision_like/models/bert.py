@@ -25,8 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from big_vision_like.models import common
-from big_vision_like.models import vit
+from big_vision_like.models import common, vit
 from big_vision_like.registry import MODELS
 
 
