@@ -105,3 +105,17 @@ def test_missing_label_key_is_named(fashion_mnist_data_dir):
       pp="decode(1)|value_range(0, 1)", batch_size=4, mesh=mesh, data_axes=("data",))
   with pytest.raises(KeyError, match="'labels'"):
     evaluator.run({"w": jnp.asarray(pixel_projection())})
+
+
+def test_log_unit_overridden_on_the_command_line():
+  # The config sets log_percent; the command line asks for steps instead.
+  import jax
+  from big_vision_like import config as config_lib
+  from big_vision_like import evaluators as evaluators_lib
+  config = config_lib.resolve(config_lib.load_config(
+      "configs/fashion_vit.py:runlocal", ["evals.test.log_steps=5"]))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  (name, _, every), = evaluators_lib.make_evaluators(
+      config, lambda p, b: None, mesh, ("data",), batch_size=32, total_steps=100,
+      num_train_examples=60_000)
+  assert (name, every) == ("test", 5)

@@ -31,8 +31,8 @@ def make_evaluators(config: Any, predict_fn: Callable, mesh: Any, data_axes: Any
     every = durations.to_steps(ev, "log", batch_size=batch_size,
                                num_examples=num_train_examples,
                                total_steps=total_steps, where=f"config.evals.{name}")
-    for k in durations.which_set(ev, "log"):
-      ev.pop(k)
+    for unit in durations.UNITS:  # set or not (an override leaves the others at None)
+      ev.pop(f"log_{unit}", None)
     ev.setdefault("batch_size", batch_size)
     try:
       evaluator = cls(predict_fn, mesh=mesh, data_axes=data_axes, name=name,
