@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from typing import Any, Sequence
 
@@ -146,6 +147,35 @@ class _OrbaxNoise(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_OrbaxNoise())
+
+
+def _quiet_closed_event_loops() -> None:
+  """After a failed read, tensorstore's remaining reads report to a closed loop.
+
+  Each then prints a full `RuntimeError: Event loop is closed` traceback
+  through sys.unraisablehook (hundreds for one damaged step, thousands for a
+  big model), burying our one warning about that step. This hook drops just
+  that error and passes everything else to the previous hook; asyncio's
+  "Task exception was never retrieved" records (the same read errors again)
+  are dropped too. Installed by the first restore, for the rest of the
+  process.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_bvl_quiet", False):
+    return
+
+  def hook(unraisable: Any) -> None:
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook._bvl_quiet = True  # type: ignore[attr-defined]
+  sys.unraisablehook = hook
+  # The same reads' futures, garbage-collected later, log "Task exception was
+  # never retrieved" with the read error again, one per array.
+  logging.getLogger("asyncio").addFilter(
+      lambda r: not r.getMessage().startswith("Task exception was never retrieved"))
 
 
 def _preservation_policy(keep_last: int, keep_every_steps: int | None):
@@ -472,6 +502,7 @@ class Checkpointer:
 
   def _restore_with_fallback(self, restore_one: Any, target: Any, subtree: str | None,
                              step: int | None) -> tuple[Any, dict, int]:
+    _quiet_closed_event_loops()  # before any read: a failing one reports late
     steps = self.all_steps()
     if not steps:
       raise FileNotFoundError(f"No checkpoint found in {self.directory}")
@@ -619,7 +650,11 @@ def load_params(path: str, params_target: Any, *, skip: Sequence[str] = (),
 
   step_dir = _find_step_dir(path)
   item_dir = step_dir / STATE
-  saved = ocp.PyTreeCheckpointer().metadata(item_dir).item_metadata.tree
+  item_metadata = ocp.PyTreeCheckpointer().metadata(item_dir).item_metadata
+  if item_metadata is None:
+    raise ValueError(f"load_params: the metadata of {item_dir} cannot be read (damaged, "
+                     "or not a checkpoint of this codebase)")
+  saved = item_metadata.tree
   if not isinstance(saved, dict) or "params" not in saved:
     keys = list(saved) if isinstance(saved, dict) else type(saved).__name__
     raise ValueError(f"load_params: checkpoint {item_dir} has no 'params' "

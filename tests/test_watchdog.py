@@ -103,7 +103,8 @@ def runs(fashion_mnist_data_dir, tmp_path_factory) -> dict[str, Run]:
       run.process.kill()
 
 
-def _check_report(out: str, exited: float, phase: str, hanging_function: str) -> float:
+def _check_report(out: str, exited: float, phase: str, hanging_function: str,
+                  slack_s: float = SLACK_S) -> float:
   """Asserts the reason line, the stacks and the timing; returns the detection time.
 
   `exited`: when the process exited (or a later time, an upper bound).
@@ -116,7 +117,8 @@ def _check_report(out: str, exited: float, phase: str, hanging_function: str) ->
   assert f" in {hanging_function}" in out, out[-4000:]
   detection = exited - last
   assert allowed <= silent <= detection
-  assert detection <= allowed + SLACK_S, (detection, allowed)
+  assert silent <= allowed + 2.0, (silent, allowed)  # the watchdog polls every second
+  assert detection <= allowed + slack_s, (detection, allowed)
   return detection
 
 
@@ -148,9 +150,11 @@ def test_one_of_two_processes_stuck_in_python(runs):
   assert "launch_local: killing" not in out  # both processes stopped on their own
   def of(i):
     return "".join(line[4:] + "\n" for line in out.splitlines() if line.startswith(f"p{i}| "))
-  # The launcher exits after both processes: its exit bounds process 1's.
+  # The launcher exits after both processes and their stack dumps: its exit bounds
+  # process 1's only loosely on a loaded machine (9.2 s seen for a 4 s allowance in
+  # CI), so the tight bound is the watchdog's own silent time (checked inside).
   detection = _check_report(of(1), exited, r"step [2-9]: waiting for its batch",
-                            "sleep_forever_in_pp")
+                            "sleep_forever_in_pp", slack_s=30.0)
   p1_said = max(t for line, t in run.arrived.items() if line.startswith("p1| "))
   m = REASON.search(of(1))
   # Process 0 waits in the step's collective: its own watchdog stops it
