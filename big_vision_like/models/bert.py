@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from big_vision_like.models import common, vit
+from big_vision_like.models import common, text, vit
 from big_vision_like.registry import MODELS
 
 
@@ -92,16 +92,12 @@ class Bert(nn.Module):
     super().__post_init__()
 
   def _dims(self) -> dict[str, int]:
-    sizes, _ = vit.parse_variant(self.variant)
-    return vit.resolve_dims(self, dict(zip(("width", "depth", "mlp_dim", "num_heads"),
-                                           sizes or (None,) * 4)), example="B")
+    return text.tower_dims(self)
 
   @nn.compact
   def __call__(self, tokens: jax.Array, *, train: bool = False
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-      raise ValueError(f"Bert: tokens must be int [batch, length], got "
-                       f"{tokens.dtype} {tuple(tokens.shape)}")
+    text.check_tokens(tokens, "Bert")
     if tokens.shape[1] > self.max_len:
       raise ValueError(f"Bert: texts of {tokens.shape[1]} tokens exceed model.max_len="
                        f"{self.max_len} (the position table)")

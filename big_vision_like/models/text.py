@@ -39,6 +39,19 @@ from big_vision_like.registry import MODELS
 POOL_TYPES = ("last", "first", "gap", "max", "map", "argmax", "end")
 
 
+def tower_dims(module: nn.Module) -> dict[str, int]:
+  """width/depth/mlp_dim/num_heads of a text tower: its `variant`, then explicit fields."""
+  sizes, _ = vit.parse_variant(module.variant)
+  return vit.resolve_dims(module, dict(zip(("width", "depth", "mlp_dim", "num_heads"),
+                                           sizes or (None,) * 4)), example="B")
+
+
+def check_tokens(tokens: jax.Array, model: str) -> None:
+  if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise ValueError(f"{model}: tokens must be int [batch, length], got "
+                     f"{tokens.dtype} {tuple(tokens.shape)}")
+
+
 @MODELS.register("text_transformer")
 class TextTransformer(nn.Module):
   """Returns `(features, aux)`; features [B, num_classes or width].
@@ -82,16 +95,12 @@ class TextTransformer(nn.Module):
     super().__post_init__()
 
   def _dims(self) -> dict[str, int]:
-    sizes, _ = vit.parse_variant(self.variant)
-    return vit.resolve_dims(self, dict(zip(("width", "depth", "mlp_dim", "num_heads"),
-                                           sizes or (None,) * 4)), example="B")
+    return tower_dims(self)
 
   @nn.compact
   def __call__(self, tokens: jax.Array, *, train: bool = False
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-      raise ValueError(f"TextTransformer: tokens must be int [batch, length], got "
-                       f"{tokens.dtype} {tuple(tokens.shape)}")
+    check_tokens(tokens, "TextTransformer")
     dims = self._dims()
     width = dims["width"]
     dtype = common.resolve_dtype(self.dtype_mm)
