@@ -119,6 +119,8 @@ def test_train_reads_at_a_glance():
 def test_entry_points_share_the_experiment_set_up():
   # Nobody but experiment.py builds params or the train step by hand.
   for path in [PACKAGE / "train.py", PACKAGE / "eval.py", *(PACKAGE / "tools").glob("*.py")]:
+    if path.name == "baseline_vit.py":
+      continue  # the hand-written yardstick tools/benchmark compares us against, on purpose
     text = path.read_text()
     for forbidden in ("model.init(", "param_shardings(", "state_shardings(", "make_optimizer("):
       assert forbidden not in text, (path.name, forbidden)
