@@ -105,6 +105,21 @@ def identity(image: tf.Tensor) -> tf.Tensor:
   return image
 
 
+def _per_channel(image: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
+  """`values` [C] repeated to [W * C], the rows of an [H, W * C] view.
+
+  Eigen broadcasts a row of [W * C] over [H, W * C] several times faster
+  than a [C] vector over [H, W, C] (~0.1 vs ~0.5 ms per 224x224 image), so
+  per-channel arithmetic uses this view.
+  """
+  return tf.tile(values, tf.shape(image)[1:2])
+
+
+def _rows(image: tf.Tensor) -> tf.Tensor:
+  """The [H, W * C] view of an HWC image."""
+  return tf.reshape(image, tf.stack([tf.shape(image)[0], -1]))
+
+
 def autocontrast(image: tf.Tensor) -> tf.Tensor:
   """Stretches each channel linearly so that its min -> 0 and max -> 255.
 
@@ -119,7 +134,9 @@ def autocontrast(image: tf.Tensor) -> tf.Tensor:
   # most 254/255, and x * scale + offset is within 1e-4 of it, so adding 1e-3
   # before truncating gives the exact floor (x == hi gives 255, not 254).
   offset = tf.where(varies, -lo * scale, 0.0) + 1e-3
-  return tf.cast(tf.cast(image, tf.float32) * scale + offset, tf.uint8)
+  out = (_rows(tf.cast(image, tf.float32)) * _per_channel(image, scale)
+         + _per_channel(image, offset))
+  return tf.reshape(tf.cast(out, tf.uint8), tf.shape(image))
 
 
 def equalize(image: tf.Tensor) -> tf.Tensor:
@@ -129,10 +146,16 @@ def equalize(image: tf.Tensor) -> tf.Tensor:
   v maps to `(n_pixels below v + step // 2) // step`; a channel with
   step == 0 (at most one value, or nearly so) is left as it is.
   """
-  channels = tf.shape(image)[2]
-  flat = tf.transpose(tf.reshape(tf.cast(image, tf.int32), [-1, channels]))
-  hist = tf.math.bincount(flat, minlength=256, maxlength=256,
-                          axis=-1)  # [C, 256]
+  channels = image.shape[-1] if image.shape[-1] is not None else tf.shape(
+      image)[2]
+  # Value v of channel c is bin 256 c + v of one flat histogram, and the
+  # same index reads the flat [C * 256] lookup table: one bincount and one
+  # gather, in the image's own layout (no transposes).
+  bins = _rows(tf.cast(image, tf.int32)) + _per_channel(
+      image, tf.range(channels) * 256)
+  hist = tf.reshape(
+      tf.math.bincount(bins, minlength=256 * channels,
+                       maxlength=256 * channels), [channels, 256])
   values = tf.range(256)
   last_present = tf.reduce_max(tf.where(hist > 0, values, -1), axis=1)
   last_count = tf.gather(hist, last_present, batch_dims=1)
@@ -141,8 +164,8 @@ def equalize(image: tf.Tensor) -> tf.Tensor:
   safe_step = tf.maximum(step, 1)[:, None]
   lut = tf.minimum((below + safe_step // 2) // safe_step, 255)
   lut = tf.where(step[:, None] > 0, lut, values[None, :])  # [C, 256]
-  out = tf.gather(lut, flat, batch_dims=1)  # [C, H*W]
-  return tf.reshape(tf.cast(tf.transpose(out), tf.uint8), tf.shape(image))
+  out = tf.gather(tf.cast(tf.reshape(lut, [-1]), tf.uint8), bins)
+  return tf.reshape(out, tf.shape(image))
 
 
 def invert(image: tf.Tensor) -> tf.Tensor:
@@ -197,17 +220,20 @@ def sharpness(image: tf.Tensor, factor: tf.Tensor | float) -> tf.Tensor:
   The smoothing is PIL's SMOOTH filter, [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13,
   rounded; the one-pixel border keeps its original values.
   """
+  # The filter is a 3x3 box sum (separable: three rows, then three columns,
+  # of shifted slices) plus 4 x the centre, an exact integer in float32 that
+  # is never k + 1/2 times 13, so its rounded 13th is exact. ~4x cheaper
+  # than `depthwise_conv2d`. A border pixel blends with itself, which gives
+  # it back unchanged, so only the interior is blended.
   x = tf.cast(image, tf.float32)
-  kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
-  kernel = tf.tile(kernel[:, :, None, None], [1, 1, tf.shape(image)[2], 1])
-  smooth = tf.round(tf.nn.depthwise_conv2d(x[None], kernel, [1, 1, 1, 1],
-                                           "SAME")[0])
-  h, w = tf.shape(image)[0], tf.shape(image)[1]
-  rows, cols = tf.range(h), tf.range(w)
-  interior = (((rows > 0) & (rows < h - 1))[:, None, None]
-              & ((cols > 0) & (cols < w - 1))[None, :, None])
-  interior = tf.cast(interior, tf.float32)
-  return _blend(x + interior * (smooth - x), x, factor)
+  rows = x[:-2] + x[1:-1] + x[2:]
+  box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+  smooth = tf.round((box + 4.0 * x[1:-1, 1:-1]) / 13.0)
+  inner = _blend(smooth, image[1:-1, 1:-1], factor)
+  # Slices that also hold for images of 1 or 2 rows or columns (no interior).
+  middle = tf.concat([image[1:-1, :1], inner, image[1:-1, 1:][:, -1:]],
+                     axis=1)
+  return tf.concat([image[:1], middle, image[1:][-1:]], axis=0)
 
 
 def rotate(image: tf.Tensor, degrees: tf.Tensor | float, fill: int = 128,
