@@ -299,6 +299,12 @@ KEYS: dict[str, Key] = {k.name: k for k in [
         "(first batch, XLA compilation) may take this many times `watchdog`"),
     Key("watchdog_eval_factor", "float", 3.0, "each evaluation and checkpoint save may take "
         "this many times `watchdog`"),
+    Key("compilation_cache", "str|bool", None, "JAX's persistent compilation cache, so that "
+        "a resumed run and eval.py load the compiled steps: unset: "
+        "`{workdir}/compilation_cache`; a path or gs:// URL shared by runs; `False`: off "
+        "(see compile_cache.py)"),
+    Key("compilation_cache_min_secs", "float", 0.5, "only programs that took this long to "
+        "compile are written to the compilation cache"),
 ]}
 
 INPUT_KEYS: dict[str, Key] = {k.name: k for k in [
@@ -398,6 +404,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if platform is not None and platform not in distributed.PLATFORMS:
     raise ConfigError(f"config.platform={platform!r} is not one of {distributed.PLATFORMS} "
                       "(None: any platform)")
+  min_secs = config.get("compilation_cache_min_secs")
+  if min_secs is not None and min_secs < 0:
+    raise ConfigError(f"config.compilation_cache_min_secs={min_secs!r} must be >= 0")
   order = config.input.get("order", "global")
   if order not in input_pipeline.ORDERS:
     raise ConfigError(f"config.input.order={order!r} is not one of {input_pipeline.ORDERS}")

@@ -10,7 +10,9 @@ to TensorBoard and metrics.jsonl at the checkpoint's step. The model's input
 shapes come from the checkpoint (training records them), so only the
 evaluation datasets are read. A damaged newest step falls back to an older
 one exactly as training does; a read-only workdir is evaluated and printed
-(`--results_dir DIR` writes the events and metrics.jsonl elsewhere).
+(`--results_dir DIR` writes the events and metrics.jsonl elsewhere). The
+evaluation steps come from the workdir's compilation cache when training
+compiled them (compile_cache.py; `config.compilation_cache`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import ml_collections
 from etils import epath
 
 from big_vision_like import checkpoint as ckpt_lib
+from big_vision_like import compile_cache
 from big_vision_like import config as config_lib
 from big_vision_like import evaluators as evaluators_lib
 from big_vision_like import experiment, zoo
@@ -43,6 +46,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   and the results are only returned/printed).
   """
   config = config_lib.resolve(config)
+  # The workdir's cache holds the evaluation steps training compiled.
+  with compile_cache.enabled(config, workdir) as cache:
+    since = compile_cache.counts().snapshot()
+    results = _evaluate(config, workdir, step, results_dir)
+    if cache:
+      logger.info("compilation cache: this evaluation: %s", compile_cache.summary(since))
+  return results
+
+
+def _evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None,
+              results_dir: str | None) -> dict[str, Any]:
   ckpt_dir = epath.Path(workdir) / "checkpoints"
   if _published(config) and (step is not None or not ckpt_dir.exists()):
     return _evaluate_published(config, workdir, results_dir)

@@ -10,7 +10,7 @@ was last started with:
 - keys that only change what is observed, how often things are saved or how
   the arrays are laid out on devices (`SAFE_TO_CHANGE`: evals, logging and
   checkpoint cadence, profiling, the watchdog, peak FLOPs, mesh and sharding
-  rules) pass with one log line listing them;
+  rules, the compilation cache) pass with one log line listing them;
 - any other difference is refused with the list of differing keys, unless the
   user says so explicitly with `config.allow_config_change=True`.
 
@@ -41,7 +41,8 @@ HISTORY_DIR = "configs"
 # The device layout is safe too: restores reshard onto any mesh (checkpoint.py).
 SAFE_TO_CHANGE = ("evals", "evals.*", "log_training_*", "ckpt_*", "keep_ckpt_*", "profile",
                   "profile.*", "watchdog*", "platform", "peak_flops", "input.prefetch",
-                  "allow_config_change", "mesh", "mesh_dcn", "data_axes", "sharding_*")
+                  "allow_config_change", "mesh", "mesh_dcn", "data_axes", "sharding_*",
+                  "compilation_cache*")
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

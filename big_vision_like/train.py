@@ -34,6 +34,7 @@ import numpy as np
 from etils import epath
 
 from big_vision_like import checkpoint as ckpt_lib
+from big_vision_like import compile_cache
 from big_vision_like import config as config_lib
 from big_vision_like import distributed
 from big_vision_like import durations
@@ -154,32 +155,34 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   ckpt = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), keep_last=config.keep_ckpt_last,
                                keep_every_steps=config.keep_ckpt_steps,
                                async_save=config.ckpt_async)
-  start_step = ckpt.latest_step() or 0
-  if start_step:  # the same run, or refused (run_config.py)
-    run_config.check_resume(workdir, config, start_step)
-  train_iter = data.iterator(start_step)
-  exp = experiment.build(config, input_spec=input_spec(train_iter),
-                         total_steps=data.total_steps, num_examples=data.num_examples)
-  check_batch_size(exp)
-  if jax.process_index() == 0:
-    run_config.save(workdir, config, start_step)
+  # From here on JAX compiles: a resume or a second run loads the programs.
+  with compile_cache.enabled(config, str(workdir)):
+    start_step = ckpt.latest_step() or 0
+    if start_step:  # the same run, or refused (run_config.py)
+      run_config.check_resume(workdir, config, start_step)
+    train_iter = data.iterator(start_step)
+    exp = experiment.build(config, input_spec=input_spec(train_iter),
+                           total_steps=data.total_steps, num_examples=data.num_examples)
+    check_batch_size(exp)
+    if jax.process_index() == 0:
+      run_config.save(workdir, config, start_step)
 
-  state, step = initial_state(exp, ckpt, start_step)
-  if step != start_step:
-    # The newest step was unreadable and restore fell back to an older one:
-    # the data must restart there too, or the run would silently diverge.
-    train_iter = data.iterator(step)
-  evaluators = evaluators_lib.make_evaluators(
-      config, exp.predict_fn, exp.mesh, exp.data_axes, batch_size=config.input.batch_size,
-      total_steps=data.total_steps, num_train_examples=data.num_examples, workdir=str(workdir))
-  writer = metrics_lib.MetricWriter(str(workdir), is_main=jax.process_index() == 0)
-  progress = log_start(exp, data, step, state)
-  with watchdog_lib.Watchdog.from_config(config) as dog:
-    out = train_loop(exp, data, state, step, train_iter, ckpt, writer, evaluators, progress,
-                     workdir, dog)
-    ckpt.close()
-  writer.close()
-  return out
+    state, step = initial_state(exp, ckpt, start_step)
+    if step != start_step:
+      # The newest step was unreadable and restore fell back to an older one:
+      # the data must restart there too, or the run would silently diverge.
+      train_iter = data.iterator(step)
+    evaluators = evaluators_lib.make_evaluators(
+        config, exp.predict_fn, exp.mesh, exp.data_axes, batch_size=config.input.batch_size,
+        total_steps=data.total_steps, num_train_examples=data.num_examples, workdir=str(workdir))
+    writer = metrics_lib.MetricWriter(str(workdir), is_main=jax.process_index() == 0)
+    progress = log_start(exp, data, step, state)
+    with watchdog_lib.Watchdog.from_config(config) as dog:
+      out = train_loop(exp, data, state, step, train_iter, ckpt, writer, evaluators, progress,
+                       workdir, dog)
+      ckpt.close()
+    writer.close()
+    return out
 
 
 def train_loop(exp, data, state, step, train_iter, ckpt, writer, evaluators, progress,
@@ -189,7 +192,7 @@ def train_loop(exp, data, state, step, train_iter, ckpt, writer, evaluators, pro
   Tells `dog` what it is doing (beats are assignments: no device sync).
   """
   config, total = exp.config, data.total_steps
-  train_step = exp.jit_train_step()
+  train_step = compile_cache.first_call_report(exp.jit_train_step(), "train step")
   dropout_rng = exp.rngs()[1]
   profiler = profiling.StepProfiler(config.profile, str(workdir / "tensorboard"),
                                     start_step=step)

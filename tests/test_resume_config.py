@@ -57,13 +57,17 @@ def test_changed_training_keys_are_refused_and_nothing_is_touched(
   assert _listing(run) == steps
 
 
-def test_safe_keys_pass_and_every_start_is_kept(fashion_mnist_data_dir, run, caplog):
+def test_safe_keys_pass_and_every_start_is_kept(fashion_mnist_data_dir, run, caplog,
+                                                tmp_path):
+  shared_cache = str(tmp_path / "shared_cache")
   config = tiny_config(fashion_mnist_data_dir, **{**RUN, "log_training_steps": 1,
-                                                  "evals.test.log_percent": 50})
+                                                  "evals.test.log_percent": 50,
+                                                  "compilation_cache": shared_cache})
   with caplog.at_level("INFO"):
     out = train_lib.train(config, run)  # finished: restores step 4 and returns
   assert out["step"] == 4
   assert "log_training_steps: 2 -> 1" in caplog.text
+  assert f"compilation_cache: None -> {shared_cache!r}" in caplog.text
   history = sorted(os.listdir(os.path.join(run, "configs")))
   assert len(history) == 2 and history[0].startswith("start_00000000_")
   assert history[1].startswith("start_00000004_")
