@@ -10,6 +10,7 @@ and the run's files are checked against the emulator's own object listing.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -81,6 +82,10 @@ def test_train_resume_and_eval_in_a_bucket(gcs, gcs_data_dir):
                              ckpt_steps=2, **{"evals.test.data.split": "test"})
   _, first = _run(gcs, "big_vision_like.train", workdir, overrides)
   assert "Resumed" not in first
+  # The compilation cache is in the bucket too (the default: the workdir's).
+  assert f"compilation cache: {workdir}/compilation_cache (0 entries)" in first, first[-3000:]
+  assert any(n.startswith("runs/tiny/compilation_cache/jit_step_fn-")
+             for n in gcs.objects("runs/tiny/compilation_cache/"))
   # As if the job had been killed right after saving step 4: the same command
   # resumes from the newest checkpoint left in the bucket.
   names = gcs.objects("runs/tiny/checkpoints/")
@@ -89,7 +94,9 @@ def test_train_resume_and_eval_in_a_bucket(gcs, gcs_data_dir):
   assert not [n for n in gcs.objects("runs/tiny/checkpoints/6/") if not n.endswith("/")]
   _, second = _run(gcs, "big_vision_like.train", workdir, overrides)
   assert "Resumed from step 4" in second, second[-3000:]
-  cli, _ = _run(gcs, "big_vision_like.eval", workdir, overrides)
+  assert "the train step was loaded from the cache" in second, second[-3000:]
+  cli, cli_log = _run(gcs, "big_vision_like.eval", workdir, overrides)
+  assert re.search(r"this evaluation: [1-9]\d* programs loaded", cli_log), cli_log[-3000:]
   evaluated = json.loads(cli[cli.index("{"):])
   assert evaluated["step"] == 6 and evaluated["test/num_examples"] == 23
 
