@@ -7,6 +7,17 @@ the per-example seed of the pp builder: the same seed always gives the same
 image. Each layer draws one op uniformly and runs only that op
 (`tf.switch_case`), so the cost per layer is one op, not all of them.
 
+It runs on the host CPU for every training image, next to the JPEG decode,
+so its cost per image is what limits throughput (`randaug(2, 15)` at first
+took 0.64 of the bare decode+resize rate). What is cheap in tf.data on CPU
+shaped the code: the layers are unrolled (a `tf.while_loop` cost ~0.2 ms per
+image); elementwise passes over the image are cheap but a per-element
+`tf.gather` (~0.6 ms per 224x224x3) or a broadcast of a [C] vector over HWC
+is not, so per-channel arithmetic uses an [H, W * C] view and Sharpness sums
+shifted slices instead of `depthwise_conv2d`. Every rewrite gives the same
+bytes as the straightforward version it replaced (tests/test_randaug.py
+compares with that version's outputs).
+
 The image functions (`rotate`, `equalize`, ...) are public so that they can be
 tested and reused with explicit arguments; `randaug` maps its magnitude to
 their arguments by one of two conventions (`get_randaug`'s docstring has the
@@ -62,7 +73,8 @@ def _grayscale(image: tf.Tensor) -> tf.Tensor:
   """Luma (ITU-R 601) as float, rounded like an 8-bit "L" image; HW1.
 
   The weighted sum of `tf.image.rgb_to_grayscale`, written out: the same
-  rounded values for all 2^24 colours (checked exhaustively), and cheaper
+  rounded values for all 2^24 colours (checked exhaustively when it was
+  written), and cheaper
   than its matrix product.
   """
   x = _float(image)
@@ -235,10 +247,11 @@ def sharpness(image: tf.Tensor, factor: tf.Tensor | float) -> tf.Tensor:
   rounded; the one-pixel border keeps its original values.
   """
   # The filter is a 3x3 box sum (separable: three rows, then three columns,
-  # of shifted slices) plus 4 x the centre, an exact integer in float32 that
-  # is never k + 1/2 times 13, so its rounded 13th is exact. ~4x cheaper
-  # than `depthwise_conv2d`. A border pixel blends with itself, which gives
-  # it back unchanged, so only the interior is blended.
+  # of shifted slices) plus 4 x the centre: an integer s, exact in float32.
+  # s / 13 is at least 1/26 away from any k + 1/2, so rounding the float
+  # quotient gives the exact result. ~4x cheaper than `depthwise_conv2d`.
+  # A border pixel would blend with itself, which gives it back unchanged,
+  # so only the interior is blended.
   x = tf.cast(image, tf.float32)
   rows = x[:-2] + x[1:-1] + x[2:]
   box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
