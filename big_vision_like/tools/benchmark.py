@@ -58,14 +58,17 @@ class Stepper:
   compiled: Any
   compile_s: float
   done: int = 0
+  cpu_times: list[float] = dataclasses.field(default_factory=list)
 
   def run(self, n: int) -> list[float]:
+    """Wall seconds of each of n steps; their process CPU seconds go to `cpu_times`."""
     times = []
     for _ in range(n):
-      t0 = time.perf_counter()
+      t0, c0 = time.perf_counter(), time.process_time()
       self.state, out = self.call(self.state, self.done)
       jax.block_until_ready(out)
       times.append(time.perf_counter() - t0)
+      self.cpu_times.append(time.process_time() - c0)
       self.done += 1
     return times
 
@@ -163,6 +166,7 @@ def compare_with_baseline(config, *, batch: int, image_size: int, channels: int,
   base = build_baseline(exp, batch=batch, image_size=image_size, channels=channels)
   for s in (ours, base):
     s.run(warmup)
+    s.cpu_times.clear()
   times: dict[str, list[float]] = {"ours": [], "baseline": []}
   for r in range(rounds):
     order = (ours, base) if r % 2 == 0 else (base, ours)  # neither always goes first
@@ -172,15 +176,22 @@ def compare_with_baseline(config, *, batch: int, image_size: int, channels: int,
   peak, source = metrics_lib.peak_flops_per_device(exp.config.peak_flops)
   peak_all = peak * jax.device_count()
   rows = {s.name: {**_rates(batch, float(np.median(times[s.name])), fwd, peak_all),
+                   "cpu_s": float(np.median(s.cpu_times)),
                    "compile_s": s.compile_s, "times": times[s.name]}
           for s in (ours, base)}
   return {"rows": rows, "ratio": rows["ours"]["img_per_sec"] / rows["baseline"]["img_per_sec"],
+          "cpu_ratio": rows["baseline"]["cpu_s"] / rows["ours"]["cpu_s"],
           "fwd_gflops": fwd / 1e9, "peak_source": source, "peak_all": peak_all}
 
 
 def sweep(config, *, variants=SWEEP_VARIANTS, batches=SWEEP_BATCHES, image_size: int,
-          channels: int, steps: int, warmup: int = 1) -> list[dict[str, Any]]:
-  """One row per (variant, batch): memory per device and step time of our step."""
+          channels: int, steps: int, warmup: int = 1,
+          on_row: Callable[[dict[str, Any]], None] = lambda row: None
+          ) -> list[dict[str, Any]]:
+  """One row per (variant, batch): memory per device and step time of our step.
+
+  `on_row` sees each row as soon as it is measured (a long sweep prints as it goes).
+  """
   peak, _ = metrics_lib.peak_flops_per_device(config.get("peak_flops"))
   peak_all = peak * jax.device_count()
   rows = []
@@ -191,11 +202,14 @@ def sweep(config, *, variants=SWEEP_VARIANTS, batches=SWEEP_BATCHES, image_size:
       ours, exp = build_ours(cfg, batch=batch, image_size=image_size, channels=channels)
       mem = ours.memory_bytes()
       ours.run(warmup)
+      ours.cpu_times.clear()
       step_s = float(np.median(ours.run(steps)))
       fwd = exp.forward_flops_per_example() or float("nan")
       rows.append({"variant": variant, "batch": batch, "compile_s": ours.compile_s,
                    **_rates(batch, step_s, fwd, peak_all),
+                   "cpu_s": float(np.median(ours.cpu_times)),
                    **{f"{k}_mib": v / 2**20 for k, v in mem.items()}})
+      on_row(rows[-1])
       del ours, exp
   return rows
 
@@ -217,27 +231,35 @@ def _print_comparison(config, args, c: dict[str, Any]) -> None:
   print(f"FLOPs for both: our model's forward, {c['fwd_gflops']:.3f} GFLOPs/image x 3; "
         f"peak {c['peak_all'] / 1e9:.0f} GFLOP/s all devices ({c['peak_source']})")
   print(f"{args.rounds} alternating rounds of {args.steps} steps each; medians\n")
-  print("| step | step time (s) | img/s | MFU | compile (s) |")
-  print("| --- | --- | --- | --- | --- |")
+  print("| step | step time (s) | img/s | MFU | CPU s/step | compile (s) |")
+  print("| --- | --- | --- | --- | --- | --- |")
   for name, row in c["rows"].items():
-    print(f"| {name} | {row['step_time_s']:.3f} | {row['img_per_sec']:.3f} | "
-          f"{row['mfu']:.3f} | {row['compile_s']:.1f} |")
+    print(f"| {name} | {row['step_time_s']:.4g} | {row['img_per_sec']:.4g} | "
+          f"{row['mfu']:.4g} | {row['cpu_s']:.4g} | {row['compile_s']:.1f} |")
   print(f"\nours/baseline (img/s): {c['ratio']:.3f}")
+  # On a shared machine wall time tracks the other processes' load; CPU seconds
+  # (all threads of this process) track the work of each step much less noisily.
+  print(f"ours/baseline by CPU seconds per step (baseline/ours): {c['cpu_ratio']:.3f}")
   for name, row in c["rows"].items():
     print(f"{name} step times: " + " ".join(f"{t:.3f}" for t in row["times"]))
 
 
-def _print_sweep(args, rows: list[dict[str, Any]]) -> None:
+def _print_sweep_header(args) -> None:
   print(f"\nViT at {args.image_size}px, our train step, {jax.device_count()} x "
         f"{jax.devices()[0].device_kind}; memory per device from XLA's memory analysis "
         "(args + outputs - donated + temporaries)\n")
-  print("| model | global batch | step time (s) | img/s | MFU | memory/device (MiB) "
-        "| args | temp | compile (s) |")
-  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-  for r in rows:
-    print(f"| ViT-{r['variant']} | {r['batch']} | {r['step_time_s']:.3f} | "
-          f"{r['img_per_sec']:.2f} | {r['mfu']:.3f} | {r['total_mib']:.0f} | "
-          f"{r['argument_mib']:.0f} | {r['temp_mib']:.0f} | {r['compile_s']:.1f} |")
+  print("| model | global batch | step time (s) | img/s | MFU | CPU s/step "
+        "| memory/device (MiB) | args | temp | compile (s) |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
+
+
+def _print_sweep_row(r: dict[str, Any]) -> None:
+  print(f"| ViT-{r['variant']} | {r['batch']} | {r['step_time_s']:.3f} | "
+        f"{r['img_per_sec']:.2f} | {r['mfu']:.3g} | {r['cpu_s']:.3g} | {r['total_mib']:.0f} | "
+        f"{r['argument_mib']:.0f} | {r['temp_mib']:.0f} | {r['compile_s']:.1f} |", flush=True)
+
+
+def _print_sweep_footer() -> None:
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(f"\nprocess peak RSS over the whole sweep: {rss:.0f} MiB")
 
@@ -263,8 +285,10 @@ def main(argv=None) -> int:
   args.batch = args.batch or config.input.batch_size
   kw = dict(image_size=args.image_size, channels=args.channels, steps=args.steps)
   if args.sweep:
-    _print_sweep(args, sweep(config, variants=args.variants.split(","),
-                             batches=[int(b) for b in args.batches.split(",")], **kw))
+    _print_sweep_header(args)
+    sweep(config, variants=args.variants.split(","), on_row=_print_sweep_row,
+          batches=[int(b) for b in args.batches.split(",")], **kw)
+    _print_sweep_footer()
   elif args.baseline:
     _print_comparison(config, args, compare_with_baseline(
         config, batch=args.batch, rounds=args.rounds, **kw))
