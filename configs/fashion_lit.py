@@ -22,7 +22,9 @@ import ml_collections
 from big_vision_like import config as config_lib
 from big_vision_like.config import parse_arg
 
-_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_contrastive.py")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_BASE = os.path.join(_HERE, "fashion_contrastive.py")
+_MAIN = os.path.join(_HERE, "fashion_vit.py")
 
 
 def get_config(arg=None):
@@ -30,6 +32,11 @@ def get_config(arg=None):
                   runlocal=False)
   config = config_lib.load_config(f"{_BASE}:loss={arg.loss},epochs={arg.epochs},"
                                   f"batch={arg.batch},runlocal={arg.runlocal}")
+  # The image tower is the main job's model (without its head), whatever
+  # configs/fashion_vit.py makes it, so that its checkpoint fits.
+  image = config_lib.load_config(_MAIN).model.to_dict()
+  image.pop("num_classes")
+  config.model.image = image
   config.model_init = ml_collections.ConfigDict({"img": arg.init})
   config.model_init_skip = ["img/head/.*"]
   config.frozen = ["img/.*"]
