@@ -2,9 +2,11 @@
 
 import os
 import sys
+import types
 
 import pytest
 
+from big_vision_like.tools import benchmark
 from big_vision_like.tools import benchmark_input
 from big_vision_like.tools import benchmark_scoring
 from big_vision_like.tools import reproduce
@@ -22,7 +24,7 @@ def test_every_recorded_value_is_written_in_benchmarks_md():
       reproduce.recorded_number(value)  # parses
 
 
-def test_reads_the_benchmark_tools_own_tables():
+def test_reads_the_benchmark_tools_own_tables(capsys):
   def phase(ips, cpu_ms):
     return {"img_per_sec": ips, "img_per_sec_per_core": ips / 2, "cpu_ms_per_img": cpu_ms,
             "images": 100, "cores_busy": 1.9,
@@ -40,10 +42,21 @@ def test_reads_the_benchmark_tools_own_tables():
        "single": {"times": [2.5, 2.4, 2.3], "metrics": {}}}, repeats=3)
   assert reproduce.BY_NAME["scorer"].parse("", table) == {"real_s": 1.25, "single_s": 2.4}
 
-  out = "step_time_s                    5.345\nmfu                            0.5612\n"
-  assert reproduce.BY_NAME["vit_s16"].parse("", out) == {"step_time_s": 5.345, "mfu": 0.5612}
-  with pytest.raises(ValueError, match="mfu"):
-    reproduce.BY_NAME["vit_s16"].parse("", "step_time_s  5.3\n")
+  def row(step, ips, mfu):
+    return {"step_time_s": step, "img_per_sec": ips, "mfu": mfu, "cpu_s": 2 * step,
+            "compile_s": 8.0, "times": [step]}
+  comparison = {"fwd_gflops": 9.2, "peak_all": 1.75e11, "peak_source": "measured",
+                "rows": {"ours": row(7.47, 4.284, 0.6767),
+                         "baseline": row(7.081, 4.519, 0.7138)},
+                "ratio": 0.948, "cpu_ratio": 0.947}
+  benchmark._print_comparison(  # pylint: disable=protected-access
+      types.SimpleNamespace(model_name="vit", model={}),
+      types.SimpleNamespace(image_size=224, batch=32, rounds=3, steps=3), comparison)
+  out = capsys.readouterr().out
+  assert reproduce.BY_NAME["vit_s16"].parse("", out) == pytest.approx(
+      {"step_time_s": 7.47, "mfu": 0.6767, "ours_vs_baseline": 0.948})
+  with pytest.raises(ValueError, match="ours/baseline"):
+    reproduce.BY_NAME["vit_s16"].parse("", out.replace("ours/baseline (img/s)", "x"))
 
 
 def test_runs_a_real_training_and_reads_its_workdir(fashion_mnist_data_dir, tmp_path):
