@@ -8,6 +8,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from big_vision_like.tools import baseline_vit
 
@@ -71,7 +72,7 @@ def test_sweep_table_has_one_row_per_cell_with_memory():
 def test_baseline_model_matches_our_vit_size():
   step, state, batch = baseline_vit.make_baseline(
       width=192, depth=2, mlp_dim=768, num_heads=3, patch=16, num_classes=10, pool="tok",
-      dtype=jnp.float32, batch=2, image_size=32)
+      dtype=jnp.float32, batch=8, image_size=32)  # divides 1, 2, 4 or 8 devices
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   # patch conv + cls + pos(5 tokens) + 2 blocks + final LN + head
   block = 2 * 2 * 192 + 4 * (192 * 192 + 192) + 192 * 768 + 768 + 768 * 192 + 192
@@ -81,3 +82,10 @@ def test_baseline_model_matches_our_vit_size():
   state, loss2 = step(state, batch)
   assert np.isfinite(float(loss)) and float(loss2) < float(loss)
 
+
+def test_baseline_names_a_batch_that_does_not_split():
+  two = [jax.devices()[0]] * 2  # checked before any mesh is built
+  with pytest.raises(ValueError, match="batch 3 does not split over 2 devices"):
+    baseline_vit.make_baseline(width=32, depth=1, mlp_dim=64, num_heads=2, patch=16,
+                               num_classes=10, pool="gap", dtype=jnp.float32, batch=3,
+                               image_size=32, devices=two)

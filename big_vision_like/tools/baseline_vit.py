@@ -80,6 +80,9 @@ def make_baseline(*, width: int, depth: int, mlp_dim: int, num_heads: int, patch
   for cost/memory analysis.
   """
   devices = jax.devices() if devices is None else devices
+  if batch % len(devices):
+    raise ValueError(f"baseline: batch {batch} does not split over {len(devices)} devices "
+                     "(the batch is sharded along its first axis)")
   mesh = Mesh(np.asarray(devices), ("data",))
   replicated = NamedSharding(mesh, P())
   data = NamedSharding(mesh, P("data"))
