@@ -150,7 +150,17 @@ def enabled(config: ml_collections.ConfigDict, workdir: str) -> Iterator[str | N
   if path is None:
     logger.info("compilation cache: off (config.compilation_cache=%r)",
                 config.compilation_cache)
-    yield None
+    if not old[0]:
+      yield None
+      return
+    # Off means off: a cache JAX took from JAX_COMPILATION_CACHE_DIR is not used.
+    jax.config.update("jax_compilation_cache_dir", None)
+    _reset()
+    try:
+      yield None
+    finally:
+      jax.config.update("jax_compilation_cache_dir", old[0])
+      _reset()
     return
   mode = _prepare(path)
   if mode is None:

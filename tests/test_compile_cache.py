@@ -115,6 +115,25 @@ def test_in_process_use_is_scoped_and_a_second_use_hits(tmp_path):
     assert compile_cache.summary(before).startswith("1 programs loaded")
 
 
+def test_off_overrides_a_cache_from_the_environment(tmp_path):
+  """False turns off a cache JAX took from JAX_COMPILATION_CACHE_DIR, and restores it."""
+  env_cache = str(tmp_path / "from_env")
+  old = (jax.config.jax_compilation_cache_dir,
+         jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", env_cache)  # what the env var does
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  try:
+    with compile_cache.enabled(_cache_config(False), "unused") as got:
+      assert got is None and not jax.config.jax_compilation_cache_dir
+      _compile_fresh(4.25)
+    assert not os.path.exists(env_cache) or _entries(env_cache) == []
+    assert jax.config.jax_compilation_cache_dir == env_cache  # restored
+  finally:
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+    compile_cache._reset()
+
+
 def test_min_secs_and_read_only(tmp_path, monkeypatch, caplog):
   path = str(tmp_path / "cache")
   with compile_cache.enabled(_cache_config(path, min_secs=600.0), "unused"):

@@ -74,8 +74,7 @@ def _grayscale(image: tf.Tensor) -> tf.Tensor:
 
   The weighted sum of `tf.image.rgb_to_grayscale`, written out: the same
   rounded values for all 2^24 colours (checked exhaustively when it was
-  written), and cheaper
-  than its matrix product.
+  written), and cheaper than its matrix product.
   """
   x = _float(image)
   if image.shape[-1] == 1:
@@ -98,7 +97,7 @@ def _affine(image: tf.Tensor, transform: Sequence[tf.Tensor | float],
   if interpolation == "bilinear":
     transform = tf.cast(tf.stack(list(transform) + [0.0, 0.0]), tf.float32)
     out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(image, tf.float32)[None], transforms=transform[None],
+        images=_float(image)[None], transforms=transform[None],
         output_shape=tf.shape(image)[:2], fill_value=float(fill),
         interpolation="BILINEAR", fill_mode="CONSTANT")
     return _to_uint8(out[0])
@@ -158,7 +157,7 @@ def autocontrast(image: tf.Tensor) -> tf.Tensor:
   # most 254/255, and x * scale + offset is within 1e-4 of it, so adding 1e-3
   # before truncating gives the exact floor (x == hi gives 255, not 254).
   offset = tf.where(varies, -lo * scale, 0.0) + 1e-3
-  out = (_rows(tf.cast(image, tf.float32)) * _per_channel(image, scale)
+  out = (_rows(_float(image)) * _per_channel(image, scale)
          + _per_channel(image, offset))
   return tf.reshape(tf.cast(out, tf.uint8), tf.shape(image))
 
@@ -224,13 +223,13 @@ def posterize(image: tf.Tensor, bits: int) -> tf.Tensor:
 
 def color(image: tf.Tensor, factor: tf.Tensor | float) -> tf.Tensor:
   """Saturation: blends with the grayscale image (0: gray, 1: unchanged)."""
-  x = tf.cast(image, tf.float32)  # Converted once, for both uses.
+  x = _float(image)  # Converted once, for both uses.
   return _blend(_grayscale(x), x, factor)
 
 
 def contrast(image: tf.Tensor, factor: tf.Tensor | float) -> tf.Tensor:
   """Blends with the mean gray level, rounded (0: flat gray, 1: unchanged)."""
-  x = tf.cast(image, tf.float32)
+  x = _float(image)
   mean = tf.floor(tf.reduce_mean(_grayscale(x)) + 0.5)
   return _blend(mean, x, factor)
 
@@ -252,7 +251,7 @@ def sharpness(image: tf.Tensor, factor: tf.Tensor | float) -> tf.Tensor:
   # quotient gives the exact result. ~4x cheaper than `depthwise_conv2d`.
   # A border pixel would blend with itself, which gives it back unchanged,
   # so only the interior is blended.
-  x = tf.cast(image, tf.float32)
+  x = _float(image)
   rows = x[:-2] + x[1:-1] + x[2:]
   box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
   smooth = tf.round((box + 4.0 * x[1:-1, 1:-1]) / 13.0)

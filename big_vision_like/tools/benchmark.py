@@ -145,14 +145,15 @@ def benchmark(config, *, batch: int, image_size: int, channels: int, steps: int,
   fwd = exp.forward_flops_per_example() or float("nan")
   peak, source = metrics_lib.peak_flops_per_device(exp.config.peak_flops)
   n = jax.device_count()
+  rates = _rates(batch, step_time, fwd, peak * n)
   out = {
       "devices": n, "batch": batch, "compile+warmup_s": compile_and_warmup,
-      "step_time_s": step_time, "img_per_sec": batch / step_time,
-      "img_per_sec_per_core": batch / step_time / n,
+      "step_time_s": step_time, "img_per_sec": rates["img_per_sec"],
+      "img_per_sec_per_core": rates["img_per_sec"] / n,
       "gflops_per_image_fwd": fwd / 1e9,
       "achieved_tflops": 3 * fwd * batch / step_time / 1e12,
       "peak_tflops_all_devices": peak * n / 1e12,
-      "mfu": 3 * fwd * batch / step_time / (peak * n),
+      "mfu": rates["mfu"],
       "params_millions": sum(x.size for x in jax.tree.leaves(exp.abstract_params)) / 1e6,
   }
   out["peak_source"] = source
