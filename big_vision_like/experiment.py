@@ -143,14 +143,27 @@ class Experiment:
 
   @functools.cached_property
   def predict_fn(self) -> Callable[[Any, dict], Any]:
-    """(params, batch) -> the task's prediction (logits, or embeddings)."""
+    """(params, batch) -> the task's prediction (logits, or embeddings).
+
+    Its attribute `representation` is the same path to the frozen features
+    [B, D] (pre-logits, or a two-tower model's image embedding) that the
+    few-shot evaluator probes: evaluators only ever get `predict_fn`.
+    """
     value_range = self.config.device_value_range
 
-    def predict(params, batch):
+    def with_images(batch):
       if batch.get("image") is not None:
         batch = {**batch, "image": tasks.device_images(batch["image"], value_range)}
-      return self.task.predict(self.model, params, batch)
-    return self._with_rules(predict)
+      return batch
+
+    def predict(params, batch):
+      return self.task.predict(self.model, params, with_images(batch))
+
+    def represent(params, batch):
+      return self.task.represent(self.model, params, with_images(batch))
+    fn = self._with_rules(predict)
+    fn.representation = self._with_rules(represent)
+    return fn
 
   def train_step_fn(self) -> Callable:
     """The un-jitted train step (see `make_train_step`)."""

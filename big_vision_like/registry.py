@@ -99,5 +99,6 @@ EVALUATORS = Registry("evaluator", ["big_vision_like.evaluators.classification",
                                      "big_vision_like.evaluators.multilabel",
                                      "big_vision_like.evaluators.calibration",
                                      "big_vision_like.evaluators.zeroshot",
-                                     "big_vision_like.evaluators.retrieval"])
+                                     "big_vision_like.evaluators.retrieval",
+                                     "big_vision_like.evaluators.fewshot"])
 TOKENIZERS = Registry("tokenizer", ["big_vision_like.text.tokenizers"])

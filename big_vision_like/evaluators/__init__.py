@@ -2,7 +2,7 @@
 
 `make_evaluators` turns `config.evals` into evaluator objects (each type is a
 registry entry: classification, multilabel, calibration, zeroshot,
-retrieval); `run_evals` runs the due ones and writes their scalars, texts and
+retrieval, fewshot); `run_evals` runs the due ones and writes their scalars, texts and
 pictures. `train.py` calls both inside the loop, `eval.py` once on a
 checkpoint.
 """

@@ -7,7 +7,8 @@ every task; what differs lives in a `Task`:
   pp must produce (`batch_keys`);
 - the loss and the metrics logged with it, from `config.loss` (one loss
   registry, each loss tagged with its task);
-- what `predict_fn` returns to the evaluators (logits, or embeddings);
+- what `predict_fn` returns to the evaluators (logits, or embeddings), and
+  the frozen features linear probes read (`represent`);
 - start-up checks of the config, and a hook on freshly initialised params.
 
 A new task (few-shot, distillation, soft labels) is one new module that
@@ -84,6 +85,11 @@ class Task:
   def predict(self, model: Any, params: Any, batch: Mapping[str, jax.Array]) -> Any:
     """What the evaluators get for a batch (already on the device, images as floats)."""
     raise NotImplementedError
+
+  def represent(self, model: Any, params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
+    """Frozen image features [B, D] for linear probes (evaluators/fewshot.py)."""
+    raise NotImplementedError(f"task {self.name!r} has no image representation for "
+                              f"linear probes")
 
 
 def for_config(config: Any) -> Task:

@@ -63,3 +63,12 @@ class Classification(tasks.Task):
   def predict(self, model, params, batch: Mapping[str, jax.Array]) -> jax.Array:
     logits, _ = model.apply({"params": params}, batch["image"], train=False)
     return logits
+
+  def represent(self, model, params, batch: Mapping[str, jax.Array]) -> jax.Array:
+    """The pre-logits (what the head reads; every model's `head_output` sets them)."""
+    _, aux = model.apply({"params": params}, batch["image"], train=False)
+    if not isinstance(aux, dict) or "pre_logits" not in aux:
+      got = sorted(aux) if isinstance(aux, dict) else type(aux).__name__
+      raise ValueError(f"model {self.config.model_name!r} returns no 'pre_logits' in its "
+                       f"aux output (got {got}); linear probes need them")
+    return aux["pre_logits"]

@@ -60,3 +60,8 @@ class ImageText(tasks.Task):
     if ztxt is not None:
       out["ztxt"] = ztxt
     return out
+
+  def represent(self, model, params, batch: Mapping[str, jax.Array]) -> jax.Array:
+    """The L2-normalised image embedding (what zero-shot classification reads)."""
+    zimg, _, _ = model.apply({"params": params}, batch["image"], None, train=False)
+    return zimg
