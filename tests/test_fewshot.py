@@ -197,7 +197,7 @@ def test_fewshot_in_the_train_loop_and_eval(fashion_mnist_data_dir, bands_dir, t
 
 
 def test_features_are_the_pre_logits_and_the_two_tower_image_embedding(
-    fashion_mnist_data_dir):
+    fashion_mnist_data_dir, bands_dir):
   from big_vision_like import experiment  # pylint: disable=g-import-not-at-top
   config = config_lib.resolve(tiny_config(fashion_mnist_data_dir))
   spec = {"image": jax.ShapeDtypeStruct((28, 28, 1), jnp.float32)}
@@ -219,6 +219,15 @@ def test_features_are_the_pre_logits_and_the_two_tower_image_embedding(
   np.testing.assert_allclose(np.asarray(got),
                              np.asarray(exp.predict_fn(params, {"image": images})["zimg"]),
                              rtol=1e-6, atol=1e-6)
+  # The evaluator on the (untrained) two-tower model: its image embeddings
+  # still separate the bands.
+  mesh = exp.mesh
+  ev = registry.EVALUATORS.get("fewshot")(
+      exp.predict_fn, batch_size=16, mesh=mesh, data_axes=exp.data_axes, shots=[1, 5],
+      datasets={"bands": ("fewshot_bands", "train", "test")}, data_dir=bands_dir,
+      pp_train=EVAL_PP, pp_eval=EVAL_PP)
+  out = ev.run(params, 0)
+  assert sorted(out) == ["bands_1shot", "bands_5shot"] and out["bands_5shot"] >= 0.9, out
 
 
 # -------------------------------------------------------------- (c) errors
