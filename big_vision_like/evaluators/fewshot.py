@@ -274,8 +274,8 @@ class Evaluator:
       raise ValueError(f"{where}: fewshot needs frozen features, but this predict_fn has "
                        f"no `representation` (experiment.predict_fn provides the "
                        f"pre-logits or the image embedding)")
-    shots = [shots] if isinstance(shots, int) else list(shots or [])
-    if not shots or any(not isinstance(k, int) or isinstance(k, bool) or k < 1
+    shots = [shots] if isinstance(shots, (int, np.integer)) else list(shots or [])
+    if not shots or any(not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1
                         for k in shots):
       raise ValueError(f"{where}: shots must be a list of positive ints, got {shots!r}")
     if not (isinstance(l2_reg, (int, float)) and l2_reg > 0):
@@ -284,7 +284,8 @@ class Evaluator:
       if pp is None:
         raise ValueError(f"{where}: fewshot needs {key} (a deterministic pp string)")
       _check_deterministic(pp, key, where)
-    self.shots, self.l2_reg, self.seed = sorted(set(shots)), float(l2_reg), int(seed)
+    self.shots = sorted({int(k) for k in shots})
+    self.l2_reg, self.seed = float(l2_reg), int(seed)
     self.label_key, self.cache = label_key, cache
     self.mesh, self.data_axes = mesh, tuple(data_axes)
     self.pp_train = pp_builder.get_preprocess_fn(pp_train)
