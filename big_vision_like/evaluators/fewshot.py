@@ -278,7 +278,7 @@ class Evaluator:
     if not shots or any(not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1
                         for k in shots):
       raise ValueError(f"{where}: shots must be a list of positive ints, got {shots!r}")
-    if not (isinstance(l2_reg, (int, float)) and l2_reg > 0):
+    if not (isinstance(l2_reg, (int, float, np.floating)) and l2_reg > 0):
       raise ValueError(f"{where}: l2_reg must be a number > 0, got {l2_reg!r}")
     for key, pp in (("pp_train", pp_train), ("pp_eval", pp_eval)):
       if pp is None:
