@@ -12,19 +12,35 @@ test captions.
 Arguments: loss (siglip | clip | chunked_siglip), epochs, batch, runlocal.
 """
 
+import os
+
 import ml_collections
 
+from big_vision_like import config as config_lib
 from big_vision_like.config import parse_arg
+
+_MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_vit.py")
 
 TEXT_LEN = 48  # bytes: the longest caption (canonicalised) fits, so no class name is cut
 PP_TXT = f"canonicalize_text|tokenize({TEXT_LEN}, key='text')"
 
-# The image tower of the supervised default (configs/fashion_vit.py) without
-# its classifier; the text tower is a 2-block byte-level transformer.
-IMAGE = dict(variant="Ti/1", width=128, depth=6, mlp_dim=256, num_heads=4,
-             conv_stem=(32, 64, 128), pool_type="gap", posemb="sincos2d")
+# The text tower: a 2-block byte-level transformer. (Dropout 0.1 in it was
+# tried: +0.010 and -0.028 held-out zero-shot over two seeds; not kept.)
 TEXT = dict(vocab_size=259, width=128, depth=2, mlp_dim=256, num_heads=4,
             pool_type="last")
+
+
+def image_tower() -> dict:
+  """The supervised main job's model (configs/fashion_vit.py) without its head.
+
+  Read from that config rather than copied, so that the two stay the same
+  model (the 6-block copy that once lived here had fallen behind when the
+  main job went to 4 blocks; with 4 blocks this job is faster and reached
+  0.875 / 0.884 held-out zero-shot over two seeds instead of 0.797).
+  """
+  image = config_lib.load_config(_MAIN).model.to_dict()
+  image.pop("num_classes")
+  return image
 
 
 def zeroshot_eval(split: str = "test") -> dict:
@@ -51,7 +67,7 @@ def get_config(arg=None):
 
   config.model_name = "two_tower"
   siglip = "siglip" in arg.loss
-  config.model = dict(image=IMAGE, text=TEXT, embed_dim=128,
+  config.model = dict(image=image_tower(), text=TEXT, embed_dim=128,
                       # SigLIP: t = 10, b = -10 (Zhai et al. 2023); CLIP: t = 1/0.07.
                       temperature_init=10.0 if siglip else 1 / 0.07,
                       bias_init=-10.0 if siglip else None)

@@ -24,7 +24,6 @@ from big_vision_like.config import parse_arg
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _BASE = os.path.join(_HERE, "fashion_contrastive.py")
-_MAIN = os.path.join(_HERE, "fashion_vit.py")
 
 
 def get_config(arg=None):
@@ -32,11 +31,8 @@ def get_config(arg=None):
                   runlocal=False)
   config = config_lib.load_config(f"{_BASE}:loss={arg.loss},epochs={arg.epochs},"
                                   f"batch={arg.batch},runlocal={arg.runlocal}")
-  # The image tower is the main job's model (without its head), whatever
-  # configs/fashion_vit.py makes it, so that its checkpoint fits.
-  image = config_lib.load_config(_MAIN).model.to_dict()
-  image.pop("num_classes")
-  config.model.image = image
+  # The image tower (from the base config) is the main job's model without
+  # its head, whatever configs/fashion_vit.py makes it, so its checkpoint fits.
   config.model_init = ml_collections.ConfigDict({"img": arg.init})
   config.model_init_skip = ["img/head/.*"]
   config.frozen = ["img/.*"]
