@@ -52,20 +52,6 @@ def test_ridge_fit_matches_lstsq(n, d, l2_reg):
   np.testing.assert_allclose(w, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
-def plain_probe_scores(x_train, labels, x_test, l2_reg, classes):
-  """The documented probe written out with lstsq: scale, then an unpenalised bias."""
-  mean = x_train.mean(0)
-  scale = np.sqrt(np.mean((x_train - mean) ** 2))
-  xs = (x_train - mean) / scale
-  y = np.where(labels[:, None] == classes[None], 1.0, -1.0)
-  n, d = xs.shape
-  # [xs 1; sqrt(l2) I 0] [w; b] = [y; 0]: the bias column is not penalised.
-  a = np.block([[xs, np.ones((n, 1))], [np.sqrt(l2_reg) * np.eye(d), np.zeros((d, 1))]])
-  b = np.concatenate([y, np.zeros((d, len(classes)))])
-  wb = np.linalg.lstsq(a, b, rcond=None)[0]
-  return np.concatenate([(x_test - mean) / scale, np.ones((len(x_test), 1))], 1) @ wb
-
-
 @pytest.mark.parametrize("shots,d", [(1, 48), (5, 48), (25, 16)])
 def test_fit_probe_matches_plain_numpy(shots, d):
   rng = np.random.default_rng(shots)
@@ -76,7 +62,8 @@ def test_fit_probe_matches_plain_numpy(shots, d):
   test_labels = rng.integers(0, 10, 200)
   x_test = 50 + centres[test_labels] + rng.normal(size=(200, d))
   probe = fewshot.fit_probe(x_train, labels, 2.0 ** 10, classes)
-  ref = plain_probe_scores(x_train, labels, x_test, 2.0 ** 10, classes)
+  # The plain lstsq reference the tool checks with: [xs 1; sqrt(l2) I 0] [w; b] = [y; 0].
+  ref = fewshot_probe.plain_scores(x_train, labels, x_test, 2.0 ** 10, classes)
   np.testing.assert_allclose(probe.scores(x_test), ref, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(probe.predict(x_test), classes[ref.argmax(1)])
   assert np.mean(probe.predict(x_test) == test_labels) > 0.9  # separable clusters
