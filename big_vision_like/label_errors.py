@@ -230,9 +230,12 @@ def read_images(name: str, split: str, wanted: Sequence[str],
   table = tf.constant(list(wanted))
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           decoders={"image": tfds.decode.SkipDecoding()})
-  ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["file_name"], table)))
-  ds = ds.map(lambda ex: {"file_name": ex["file_name"],
-                          "image": tf.io.decode_image(ex["image"], expand_animations=False)})
+  wanted_fn = tf.autograph.experimental.do_not_convert(
+      lambda ex: tf.reduce_any(tf.equal(ex["file_name"], table)))
+  decode_fn = tf.autograph.experimental.do_not_convert(
+      lambda ex: {"file_name": ex["file_name"],
+                  "image": tf.io.decode_image(ex["image"], expand_animations=False)})
+  ds = ds.filter(wanted_fn).map(decode_fn)
   return {ex["file_name"].decode(): ex["image"] for ex in tfds.as_numpy(ds)}
 
 
