@@ -91,7 +91,11 @@ class Predictor:
     pp = pp or image_pp((first_eval or {}).get("pp") or "")
     if not pp:
       raise ValueError(f"{workdir}: the config has no evaluator pp string to reuse; pass pp=")
-    text_pp = (first_eval or {}).get("pp_txt")
+    # The text pp: of the first evaluator that has one (config.json sorts evaluators by
+    # name, so a contrastive config's "retrieval", which tokenizes captions inside its
+    # image pp, may come before its "zeroshot").
+    text_pp = next((ev.get("pp_txt") for ev in (config.get("evals") or {}).values()
+                    if ev.get("pp_txt")), None)
     return cls(exp, params, pp=pp, text_pp=text_pp, name=os.path.basename(workdir.rstrip("/")))
 
   # -- Inference.
@@ -99,11 +103,15 @@ class Predictor:
   def preprocess(self, images: Sequence[Any]) -> np.ndarray:
     """Each image (path, encoded bytes or uint8 array) through the pp string.
 
-    Files are read and preprocessed by a parallel tf.data pipeline; arrays and
-    bytes one by one.
+    Files and encoded bytes are decoded and preprocessed by a parallel tf.data
+    pipeline; arrays (and mixed inputs) one by one.
     """
     if images and all(isinstance(i, (str, os.PathLike)) for i in images):
       return self._preprocess_files([os.fspath(i) for i in images])
+    if images and all(isinstance(i, bytes) for i in images):
+      return self._preprocess_encoded(
+          tf.data.Dataset.from_tensor_slices(tf.constant(list(images), tf.string)),
+          len(images))
     out = []
     for i, image in enumerate(images):
       if isinstance(image, (str, os.PathLike)):
@@ -122,14 +130,20 @@ class Predictor:
     for path in paths:
       if not os.path.exists(path):
         raise FileNotFoundError(f"image {path} does not exist")
+    return self._preprocess_encoded(
+        tf.data.Dataset.from_tensor_slices(paths).map(
+            tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True),
+        len(paths))
+
+  def _preprocess_encoded(self, encoded: tf.data.Dataset, n: int) -> np.ndarray:
+    """The pp string over a dataset of encoded images, in parallel, in order."""
     pp_fn = pp_builder.get_preprocess_fn(self.pp)
-    ds = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda path: pp_fn({"image": tf.io.read_file(path)})["image"],
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = encoded.map(lambda image: pp_fn({"image": image})["image"],
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     try:
       out = list(ds.as_numpy_iterator())
     except tf.errors.InvalidArgumentError as e:
-      raise ValueError(f"pp {self.pp!r} failed on one of {len(paths)} images "
+      raise ValueError(f"pp {self.pp!r} failed on one of {n} images "
                        f"({str(e).splitlines()[0][:300]})") from None
     return self._stack(out)
 
@@ -160,12 +174,14 @@ class Predictor:
     x = self.preprocess(images)
     return self._batched(lambda b: self.exp.predict_fn(self.params, {"image": b}), x)
 
-  def embed_images(self, images: Sequence[Any]) -> np.ndarray:
+  def embed_images(self, images: Sequence[Any], batch_size: int = _BATCH) -> np.ndarray:
     """L2-normalised image embeddings (two-tower) or pre-logits (classifier)."""
     x = self.preprocess(images)
     if self.is_two_tower:
-      return self._batched(lambda b: self.exp.predict_fn(self.params, {"image": b})["zimg"], x)
-    return self._batched(lambda b: self._apply(self.params, b)[1]["pre_logits"], x)
+      return self._batched(lambda b: self.exp.predict_fn(self.params, {"image": b})["zimg"], x,
+                           batch=batch_size)
+    return self._batched(lambda b: self._apply(self.params, b)[1]["pre_logits"], x,
+                         batch=batch_size)
 
   def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
     """L2-normalised text embeddings [N, D] of a two-tower model."""
