@@ -9,7 +9,9 @@ first use). Zero-shot classification of the Fashion-MNIST test set uses
 prompt templates held out from the training captions; retrieval uses the
 test captions.
 
-Arguments: loss (siglip | clip | chunked_siglip), epochs, batch, runlocal.
+Arguments: loss (siglip | clip | chunked_siglip), epochs, batch, runlocal, data
+(the training dataset's TFDS name, default fashion_mnist_captions; e.g. a
+copy written by tools/corrupt_captions or tools/filter_pairs).
 """
 
 import os
@@ -54,13 +56,14 @@ def zeroshot_eval(split: str = "test") -> dict:
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, loss="siglip", epochs=4, batch=256, runlocal=False)
+  arg = parse_arg(arg, loss="siglip", epochs=4, batch=256, runlocal=False,
+                  data="fashion_mnist_captions")
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.total_epochs = arg.epochs
 
   config.input = dict(
-      data=dict(name="fashion_mnist_captions", split="train"),
+      data=dict(name=arg.data, split="train"),
       pp=("decode(1)|flip_lr|value_range(-1, 1)"
           "|choice(key='captions', key_result='text')|" + PP_TXT
           + "|keep('image', 'text')"),
