@@ -74,10 +74,10 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None,
     exp = experiment.build(config, input_spec=experiment.spec_from_json(meta["input_spec"]))
     # The newest readable step, with training's fallback (checkpoint.py).
     params, _, step = ckpt.restore_params(exp.abstract_params, step=step)
+  config, out_dir, writer = _outputs(config, workdir, results_dir)
   evaluators = evaluators_lib.make_evaluators(
       config, exp.predict_fn, exp.mesh, exp.data_axes, batch_size=config.input.batch_size,
-      total_steps=step, num_train_examples=None, workdir=results_dir or workdir)
-  writer = _writer(workdir, results_dir)
+      total_steps=step, num_train_examples=None, workdir=out_dir)
   results = evaluators_lib.run_evals(evaluators, params, step, writer, final=True)
   writer.close()
   return {"step": step, **results}
@@ -116,15 +116,26 @@ def _writable(directory: str) -> bool:
     return False
 
 
-def _writer(workdir: str, results_dir: str | None) -> metrics_lib.MetricWriter:
-  """Where TensorBoard events and metrics.jsonl go: results_dir, the workdir, or nowhere."""
+def _outputs(config: ml_collections.ConfigDict, workdir: str, results_dir: str | None
+             ) -> tuple[ml_collections.ConfigDict, str | None, metrics_lib.MetricWriter]:
+  """(config, output dir, writer): results_dir, the workdir, or nowhere.
+
+  With nowhere to write (a read-only workdir and no --results_dir), the
+  results are printed only and the evaluators' files (prediction dumps,
+  per-class tables) are switched off rather than failing at the first write.
+  """
   if results_dir is not None:
-    return metrics_lib.MetricWriter(results_dir)
-  if not _writable(workdir):
-    logger.warning("%s is not writable: the results are only printed (pass --results_dir "
-                    "DIR to write TensorBoard events and metrics.jsonl there).", workdir)
-    return metrics_lib.MetricWriter(workdir, is_main=False)
-  return metrics_lib.MetricWriter(workdir)
+    return config, results_dir, metrics_lib.MetricWriter(results_dir)
+  if _writable(workdir):
+    return config, workdir, metrics_lib.MetricWriter(workdir)
+  logger.warning("%s is not writable: the results are only printed (pass --results_dir "
+                  "DIR to write TensorBoard events, metrics.jsonl and prediction dumps "
+                  "there).", workdir)
+  config = config.copy_and_resolve_references()
+  for ev in (config.get("evals") or {}).values():
+    if ev.get("save_predictions"):
+      ev.save_predictions = False
+  return config, None, metrics_lib.MetricWriter(workdir, is_main=False)
 
 
 def _evaluate_published(config: ml_collections.ConfigDict, workdir: str,
@@ -134,10 +145,10 @@ def _evaluate_published(config: ml_collections.ConfigDict, workdir: str,
   exp = experiment.build(config, input_spec=zoo.input_spec(zoo.get(name)))
   target = exp.init_params() if config.model_init_skip else exp.abstract_params
   params = ckpt_lib.init_from_checkpoints(target, config.model_init, config.model_init_skip)
+  config, out_dir, writer = _outputs(config, workdir, results_dir)
   evaluators = evaluators_lib.make_evaluators(
       config, exp.predict_fn, exp.mesh, exp.data_axes, batch_size=config.input.batch_size,
-      total_steps=0, num_train_examples=None, workdir=results_dir or workdir)
-  writer = _writer(workdir, results_dir)
+      total_steps=0, num_train_examples=None, workdir=out_dir)
   results = evaluators_lib.run_evals(evaluators, params, 0, writer, final=True)
   writer.close()
   return {"step": 0, "model_init": config.model_init, **results}

@@ -286,5 +286,21 @@ def setup_logging() -> None:
       format=f"%(asctime)s [p{jax.process_index()}] %(levelname)s %(message)s",
       force=True)
   # orbax and tfds log every step of every save/load at INFO through absl.
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  absl_logger = logging.getLogger("absl")
+  absl_logger.setLevel(logging.WARNING)
+  if not any(isinstance(f, _TfdsNoise) for f in absl_logger.filters):
+    absl_logger.addFilter(_TfdsNoise())
+
+
+class _TfdsNoise(logging.Filter):
+  """Drops TFDS's "Variant folder ... has no dataset_info.json" warning.
+
+  TFDS warns so for a dataset folder that is being prepared (or not yet),
+  every time a builder looks at it: on a first run, twice before we prepare
+  the embedded datasets. A folder that stays broken still fails loudly when
+  it is read (`tfds_source` names the dataset and data dir).
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.msg == "Variant folder %s has no %s" and record.args
+                and str(record.args[-1]) == "dataset_info.json")

@@ -421,3 +421,62 @@ def confusion_picture(labels: np.ndarray, predictions: np.ndarray,
   fig.text(0.5, 1 - 0.1 / height_in, heading, ha="center", va="top",
            fontsize=9, parse_math=False)
   return _render(fig)
+
+
+def _displayable(images: np.ndarray, fn: str) -> np.ndarray:
+  """[N, H, W, C] of any range -> floats in [0, 1], C = 1 or 3 (for imshow).
+
+  uint8 is divided by 255; floats are stretched from their own min/max (pp
+  ops leave images in [-1, 1], [0, 1] or normalised by a mean/std).
+  """
+  images = np.asarray(images)
+  if images.ndim == 3:  # [N, H, W]: greyscale without a channel axis
+    images = images[..., None]
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f"{fn}: images must be [N, H, W, 1 or 3], got shape {images.shape}.")
+  if images.dtype == np.uint8:
+    return images.astype(np.float32) / 255.0
+  images = images.astype(np.float32)
+  if not np.isfinite(images).all():
+    raise ValueError(f"{fn}: images hold NaN or inf.")
+  lo, hi = float(images.min()), float(images.max())
+  return (images - lo) / (hi - lo) if hi > lo else np.zeros_like(images)
+
+
+def image_grid(images: np.ndarray, captions: Sequence[str] | None = None, *,
+               title: str = "", columns: int = 8, max_caption_chars: int = 40) -> np.ndarray:
+  """Images in a grid, each with its caption (class name, text, two labels).
+
+  For "what does the model see" pictures: a training batch after
+  augmentation, suspected label errors with their given and suggested
+  labels. Captions may hold "\\n" for a second line. Returns [H, W, 3] uint8.
+  """
+  fn = "image_grid"
+  pixels = _displayable(images, fn)
+  n = len(pixels)
+  if n == 0:
+    return _text_image([title, "no images"] if title else ["no images"])
+  if captions is not None and len(captions) != n:
+    raise ValueError(f"{fn}: {len(captions)} captions for {n} images.")
+  columns = max(1, min(int(columns), n))
+  rows = -(-n // columns)
+  lines = max((str(c).count("\n") + 1 for c in captions), default=0) if captions else 0
+  cell_in, caption_in, title_in = 1.3, 0.16 * lines, 0.4 if title else 0.1
+  fig = Figure(figsize=(columns * cell_in, rows * (cell_in + caption_in) + title_in),
+               dpi=_DPI, facecolor="white")
+  if title:
+    fig.suptitle(title, fontsize=10, y=1 - 0.1 / (rows * (cell_in + caption_in) + title_in))
+  grid = fig.add_gridspec(rows, columns, left=0.01, right=0.99, bottom=0.01,
+                          top=1 - title_in / (rows * (cell_in + caption_in) + title_in),
+                          hspace=0.1 + caption_in / cell_in, wspace=0.05)
+  for i in range(n):
+    ax = fig.add_subplot(grid[i // columns, i % columns])
+    image = pixels[i]
+    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image,
+              cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_axis_off()
+    if captions is not None:
+      text = "\n".join(line[:max_caption_chars] for line in str(captions[i]).split("\n"))
+      ax.set_title(text, fontsize=6, parse_math=False)
+  return _render(fig)

@@ -25,6 +25,9 @@ class_names, prompts and pp_txt in `extra`); `extra` adds keyword arguments
 to every evaluator. `include` picks a subset
 of the names above; configs take it from their `:evals=val+real` argument
 through `select`.
+
+`small` turns one test-split evaluator into the small scorecard that the
+Fashion-MNIST configs run (per-class views, calibration, prediction dumps).
 """
 
 from __future__ import annotations
@@ -37,6 +40,22 @@ NAMES = ("val", "minival", "real", "multilabel", "imagenet_m", "v2_mf", "v2_t07"
          "v2_top", "a", "r", "sketch", "calibration")
 
 _V2 = {"v2_mf": "matched-frequency", "v2_t07": "threshold-0.7", "v2_top": "topimages"}
+
+
+def small(evaluator: dict[str, Any]) -> dict[str, Any]:
+  """One test-split evaluator with the scorecard's views switched on.
+
+  For small datasets (the Fashion-MNIST configs): the per-class accuracies
+  with the worst classes by name and the top-confusions picture, calibration
+  (ECE, NLL, Brier, reliability diagram) from the same pass's logits, and a
+  prediction dump with logits that `tools/score_predictions` re-scores. A
+  classification evaluator or a zeroshot one (whose scorer gets the options).
+  """
+  if evaluator.get("type") not in ("classification", "zeroshot"):
+    raise ValueError(f"scorecard.small: a classification or zeroshot evaluator, got "
+                     f"type={evaluator.get('type')!r}")
+  return dict(evaluator, per_class=True, calibration=True, save_predictions=True,
+              save_logits=True)
 
 
 def select(spec: str, default: Sequence[str] = NAMES) -> tuple[str, ...]:

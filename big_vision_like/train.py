@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from big_vision_like import batch_preview
 from big_vision_like import checkpoint as ckpt_lib
 from big_vision_like import compile_cache
 from big_vision_like import config as config_lib
@@ -43,6 +44,7 @@ from big_vision_like import evaluators as evaluators_lib
 from big_vision_like import experiment
 from big_vision_like import metrics as metrics_lib
 from big_vision_like import profiling
+from big_vision_like import results as results_lib
 from big_vision_like import run_config
 from big_vision_like import sharding as sharding_lib
 from big_vision_like import watchdog as watchdog_lib
@@ -177,11 +179,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         total_steps=data.total_steps, num_train_examples=data.num_examples, workdir=str(workdir))
     writer = metrics_lib.MetricWriter(str(workdir), is_main=jax.process_index() == 0)
     progress = log_start(exp, data, step, state)
+    t0 = time.time()
     with watchdog_lib.Watchdog.from_config(config) as dog:
       out = train_loop(exp, data, state, step, train_iter, ckpt, writer, evaluators, progress,
                        workdir, dog)
       ckpt.close()
     writer.close()
+    if not out["preempted"] and jax.process_index() == 0:
+      metrics = {k: v for k, v in out.items() if k not in ("step", "preempted", "state")}
+      path = results_lib.write(str(workdir), metrics, step=out["step"],
+                               train_seconds=time.time() - t0)
+      logging.info("Final results: %s", path)
     return out
 
 
@@ -203,6 +211,8 @@ def train_loop(exp, data, state, step, train_iter, ckpt, writer, evaluators, pro
     while step < total:
       dog.beat(step, watchdog_lib.READING)
       batch, _ = input_pipeline.split_host_keys(next(train_iter))
+      if step == 0 and jax.process_index() == 0:  # a fresh run: show what the model sees
+        batch_preview.write(writer, batch, pp=config.input.pp, data=config.input.data)
       dog.beat(step, watchdog_lib.TRAINING)
       batch = sharding_lib.put_process_local_batch(batch, exp.batch_sharding)
       profiler.before(step)

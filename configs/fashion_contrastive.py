@@ -19,6 +19,7 @@ import os
 import ml_collections
 
 from big_vision_like import config as config_lib
+from big_vision_like import scorecard
 from big_vision_like.config import parse_arg
 
 _MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_vit.py")
@@ -88,7 +89,7 @@ def get_config(arg=None):
   config.log_training_steps = 100
   config.ckpt_epochs = 1
   config.evals = dict(
-      zeroshot=zeroshot_eval(),
+      zeroshot=scorecard.small(zeroshot_eval()),  # + per-class, calibration, dumps
       zeroshot_zpe=dict(zeroshot_eval(), ensemble="weighted"),
       retrieval=dict(type="retrieval",
                      data=dict(name="fashion_mnist_captions", split="test[:2000]"),

@@ -7,6 +7,7 @@ Arguments: epochs, batch, depth, width, runlocal.
 
 import ml_collections
 
+from big_vision_like import scorecard
 from big_vision_like.config import parse_arg
 
 # Flips only: a 10-minute CPU budget underfits rather than overfits.
@@ -43,9 +44,9 @@ def get_config(arg=None):
   config.mesh = [("data", -1)]
   config.log_training_steps = 100
   config.ckpt_epochs = 1
-  config.evals = dict(test=dict(type="classification",
-                                data=dict(name="fashion_mnist", split="test", data_dir=None),
-                                pp=EVAL_PP, batch_size=500, log_percent=50))
+  config.evals = dict(test=scorecard.small(dict(
+      type="classification", data=dict(name="fashion_mnist", split="test", data_dir=None),
+      pp=EVAL_PP, batch_size=500, log_percent=50)))
   if arg.runlocal:
     config.total_epochs = None
     config.total_steps = 20

@@ -8,6 +8,7 @@ Arguments (`configs/fashion_vit.py:epochs=3,batch=256`): epochs, batch, runlocal
 
 import ml_collections
 
+from big_vision_like import scorecard
 from big_vision_like.config import parse_arg
 
 # Only flips: in a short budget the model underfits, and random crops slowed
@@ -55,9 +56,10 @@ def get_config(arg=None):
   config.mesh = [("data", -1)]
   config.log_training_steps = 100
   config.ckpt_epochs = 1
-  config.evals = dict(test=dict(type="classification",
-                                data=dict(name="fashion_mnist", split="test", data_dir=None),
-                                pp=EVAL_PP, batch_size=500, log_percent=50))
+  # The small scorecard: per-class views, calibration, prediction dumps.
+  config.evals = dict(test=scorecard.small(dict(
+      type="classification", data=dict(name="fashion_mnist", split="test", data_dir=None),
+      pp=EVAL_PP, batch_size=500, log_percent=50)))
 
   if arg.runlocal:
     config.total_epochs = None

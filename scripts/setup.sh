@@ -33,6 +33,15 @@ DRY_RUN="${DRY_RUN:-}"
 [ "$DRY_RUN" = 0 ] && DRY_RUN=""
 say() { echo "setup.sh: $*"; }
 fail() { echo "setup.sh: $*" >&2; exit 2; }
+# Installers' output goes to a log, shown only when a step fails: a first run
+# should print one line per set-up step, not pages of pip and apt progress.
+SETUP_LOG="${SETUP_LOG:-${TMPDIR:-/tmp}/bvl_setup.$$.log}"
+logged() {
+  if ! "$@" >>"$SETUP_LOG" 2>&1; then
+    tail -n 40 "$SETUP_LOG" >&2
+    fail "failed: $* (full output: $SETUP_LOG)"
+  fi
+}
 
 if [ -z "${SKIP_APT:-}" ] && [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -41,8 +50,9 @@ if [ -z "${SKIP_APT:-}" ] && [ ! -f /usr/share/datasets/fashion-mnist/train-imag
     echo "${SUDO:+$SUDO }apt-get update -qq"
     echo "DEBIAN_FRONTEND=noninteractive ${SUDO:+$SUDO }apt-get install -y -qq dataset-fashion-mnist"
   else
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist
+    say "installing Debian's dataset-fashion-mnist (apt-get)"
+    logged $SUDO apt-get update -qq
+    logged env DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist
   fi
 fi
 
@@ -147,10 +157,14 @@ if [ -n "$DRY_RUN" ]; then
 fi
 
 say "$choice"
-.venv/bin/python -m pip install -q --upgrade pip
-[ -z "$stale" ] || .venv/bin/python -m pip uninstall -q -y $stale
-.venv/bin/python -m pip install -q -r "$REQ"
-.venv/bin/python -m pip install -q --no-deps -e .
+say "installing into .venv with pip (a few minutes the first time)"
+start=$SECONDS
+logged .venv/bin/python -m pip install -q --upgrade pip
+[ -z "$stale" ] || logged .venv/bin/python -m pip uninstall -q -y $stale
+logged .venv/bin/python -m pip install -q -r "$REQ"
+logged .venv/bin/python -m pip install -q --no-deps -e .
 # The check; no stamp unless it passes, so the next run tries again.
 .venv/bin/python scripts/check_jax.py "$JAX_VERSION" "$ACCEL" "$REQ"
 echo "$want" > "$stamp"
+rm -f "$SETUP_LOG"
+say "installed in $((SECONDS - start)) s"

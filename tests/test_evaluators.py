@@ -107,7 +107,7 @@ def test_missing_label_key_is_named(fashion_mnist_data_dir):
     evaluator.run({"w": jnp.asarray(pixel_projection())})
 
 
-def test_log_unit_overridden_on_the_command_line():
+def test_log_unit_overridden_on_the_command_line(tmp_path):
   # The config sets log_percent; the command line asks for steps instead.
   import jax
   from big_vision_like import config as config_lib
@@ -117,5 +117,5 @@ def test_log_unit_overridden_on_the_command_line():
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
   (name, _, every), = evaluators_lib.make_evaluators(
       config, lambda p, b: None, mesh, ("data",), batch_size=32, total_steps=100,
-      num_train_examples=60_000)
+      num_train_examples=60_000, workdir=str(tmp_path))  # the config saves predictions
   assert (name, every) == ("test", 5)

@@ -30,8 +30,10 @@ the same on every machine.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
+import time
 from typing import Sequence
 
 import numpy as np
@@ -247,6 +249,8 @@ def prepare(data_dir: str | None = None, source_dir: str | None = None) -> str:
     # Leftovers of a killed writer (no metadata yet) would clash; start over.
     if tf.io.gfile.exists(_dataset_dir(data_dir)):
       tf.io.gfile.rmtree(_dataset_dir(data_dir))
+    logging.info("Writing TFDS %s in %s (first use only)...", NAME, data_dir)
+    start = time.perf_counter()
     source = tfds.builder(fashion_mnist.NAME, data_dir=data_dir)
     label_names = source.info.features["label"].names
     splits = {split: _Examples(split, *_read_fashion_mnist(source, split))
@@ -256,4 +260,5 @@ def prepare(data_dir: str | None = None, source_dir: str | None = None) -> str:
         description=(f"Fashion-MNIST with {CAPTIONS_PER_IMAGE} synthetic captions "
                      f"per image (templates x class phrasings, seed {SEED}); "
                      f"written by big_vision_like.data.fashion_captions."))
+    logging.info("Wrote %s in %.0f s.", NAME, time.perf_counter() - start)
   return data_dir

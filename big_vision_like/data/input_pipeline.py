@@ -804,8 +804,12 @@ def make_eval_iterator(
   Returns `(iterable, num_batches)`; `num_batches` is the same on every
   process (from the largest share); padding examples are zeros with
   `_mask=False`. `cache=True` keeps the preprocessed examples in memory after
-  the first pass: fine for small sets, too big for ImageNet-size ones. If the
-  dataset has a `file_name` feature it is in every batch (padding: "").
+  the first pass: fine for small sets, too big for ImageNet-size ones. Every
+  batch has a `file_name` (padding: ""): the dataset's own feature, or for a
+  dataset without one (e.g. TFDS fashion_mnist) the record's position in its
+  split, "test_00042" (`Share.record_names`; the names
+  `fashion_mnist_captions` gives the same images), so that prediction dumps
+  of any dataset can be joined to labels and re-scored.
   `skip_corrupt=True` drops records that fail (they are not counted; the
   iterable's `skipped` says how many) instead of raising `BadExampleError`.
   """
@@ -841,7 +845,7 @@ def make_eval_iterator(
 
   def fn(example):
     out = preprocess(records.decode(example))
-    if has_file_name and FILE_NAME_KEY not in out:
+    if FILE_NAME_KEY in example and FILE_NAME_KEY not in out:
       out[FILE_NAME_KEY] = example[FILE_NAME_KEY]
     return out
 
@@ -852,7 +856,13 @@ def make_eval_iterator(
       raise ValueError(f"The eval pp output already has a {MASK_KEY!r} key.")
     return {**example, MASK_KEY: tf.constant(True)}
 
-  ds = records.dataset().map(with_mask, num_parallel_calls)
+  ds = records.dataset()
+  if not has_file_name:
+    names = tf.data.Dataset.from_tensor_slices(
+        tf.constant(shares[index].record_names() or [""], tf.string))
+    ds = tf.data.Dataset.zip(ds, names.take(shares[index].size)).map(
+        lambda example, name: {**example, FILE_NAME_KEY: name})
+  ds = ds.map(with_mask, num_parallel_calls)
   if skip_corrupt:
     ds = ds.ignore_errors(log_warning=True)
   if cache:

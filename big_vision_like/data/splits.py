@@ -40,6 +40,15 @@ class Share:
                        f"{self.size} records of {self.split!r}.")
     return _spec(self._pieces(self.start + index, self.start + index + 1))
 
+  def record_names(self) -> list[str]:
+    """`{split}_{index:05d}` for each record of the share, in order.
+
+    The index is the record's position in its TFDS split, so the same record
+    gets the same name whatever the slicing, process count or batch size.
+    """
+    return [f"{name}_{i:05d}" for name, lo, hi in self._pieces(self.start, self.stop)
+            for i in range(lo, hi)]
+
   def _pieces(self, start: int, stop: int) -> list[tuple[str, int, int]]:
     pieces, offset = [], 0
     for name, lo, hi in self.ranges:

@@ -38,16 +38,27 @@ class Evaluator(base.CollectingEvaluator):
 
   def score(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     labels = self.labels(arrays, label_key=self.label_key, set_key="")
-    if labels.label is None:
-      raise ValueError(f"evaluator {self.name!r}: calibration needs one label per "
-                       f"example; {self.label_key!r} holds label sets")
-    out, extras = report.score("calibration", topk_ids=arrays["topk_ids"], labels=labels,
-                               num_classes=self.collector.num_classes,
-                               logits=arrays["logits"], num_bins=self.num_bins)
-    if self.diagram:
-      from big_vision_like import plots  # pylint: disable=g-import-not-at-top
-      bins = extras["bins"]
-      out["reliability"] = plots.reliability_diagram(
-          bins.lower, bins.upper, bins.accuracy, bins.confidence, bins.count,
-          title=f"{self.name}: reliability ({self.num_bins} bins)", ece=out["ece"])
-    return out
+    return metrics(arrays, labels, self.collector.num_classes, num_bins=self.num_bins,
+                   diagram=self.diagram, where=self.name, label_key=self.label_key)
+
+
+def metrics(arrays: dict[str, np.ndarray], labels, num_classes: int, *, num_bins: int,
+            diagram: bool, where: str, label_key: str) -> dict[str, Any]:
+  """ECE, NLL, Brier (+ the reliability picture) from collected logits.
+
+  Shared with the classification evaluator's `calibration=True`, which scores
+  the logits it already collected instead of running the split a second time.
+  """
+  if labels.label is None:
+    raise ValueError(f"evaluator {where!r}: calibration needs one label per "
+                     f"example; {label_key!r} holds label sets")
+  out, extras = report.score("calibration", topk_ids=arrays["topk_ids"], labels=labels,
+                             num_classes=num_classes, logits=arrays["logits"],
+                             num_bins=num_bins)
+  if diagram:
+    from big_vision_like import plots  # pylint: disable=g-import-not-at-top
+    bins = extras["bins"]
+    out["reliability"] = plots.reliability_diagram(
+        bins.lower, bins.upper, bins.accuracy, bins.confidence, bins.count,
+        title=f"{where}: reliability ({num_bins} bins)", ece=out["ece"])
+  return out

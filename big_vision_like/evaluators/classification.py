@@ -15,6 +15,9 @@ Options for robustness and error analysis:
 - `per_class=True`: `accuracy_per_class` (mean over classes), the worst
   classes by name (text), a picture of the top confusions, and the per-class
   table as JSON in `{workdir}/per_class/{name}/step_{step}.json`.
+- `calibration=True`: also `ece`, `ece_equal_mass`, `nll`, `brier` and the
+  reliability diagram (`num_bins`, default 15) from the logits this pass
+  collects: the calibration evaluator's numbers without a second pass.
 - `reference`, `save_predictions`, ... : see `base`.
 """
 
@@ -32,6 +35,7 @@ from big_vision_like import label_sources
 from big_vision_like import registry
 from big_vision_like import scoring
 from big_vision_like.evaluators import base
+from big_vision_like.evaluators import calibration as calibration_lib
 from big_vision_like.evaluators import collect
 from big_vision_like.evaluators import report
 
@@ -58,13 +62,23 @@ class Evaluator(base.CollectingEvaluator):
                class_subset: str | Sequence[int] | None = None,
                labels_in_subset: bool = False, per_class: bool = False,
                class_names: str | Sequence[str] | None = None, worst: int = 10,
-               confusion_classes: int = 20, **kwargs):
+               confusion_classes: int = 20, calibration: bool = False,
+               num_bins: int = 15, **kwargs):
+    if calibration and int(num_bins) < 1:
+      raise ValueError(f"num_bins must be >= 1, got {num_bins}")
     self.label_key = label_key
+    self.calibration, self.num_bins = calibration, int(num_bins)
+    if calibration:
+      self.dump_meta = {"num_bins": self.num_bins}
+      kwargs["keep_logits"] = True
     self.per_class = per_class
     self.worst = worst
     self.confusion_classes = confusion_classes
     self.class_names_spec = class_names
     subset = label_sources.resolve_class_subset(class_subset)
+    if calibration and subset is not None:
+      raise ValueError("calibration=True scores the softmax over every class; it cannot "
+                       "be combined with class_subset")
     self.labels_in_subset = labels_in_subset and subset is not None
     # A loss over restricted logits would need labels in two numberings;
     # subset evaluators report precision only.
@@ -85,6 +99,11 @@ class Evaluator(base.CollectingEvaluator):
                           num_classes=num_classes, loss=arrays.get("loss"), ks=ks)
     if self.per_class:
       out.update(self._per_class(arrays["topk_ids"][:, 0], labels, num_classes))
+    if self.calibration:
+      cal = calibration_lib.metrics(arrays, labels, num_classes, num_bins=self.num_bins,
+                                    diagram=True, where=self.name, label_key=self.label_key)
+      # `accuracy` is prec@1 again, `num_bins` an option (kept in the dump's metadata).
+      out.update({k: v for k, v in cal.items() if k not in ("accuracy", "num_bins")})
     return out
 
   def _per_class(self, top1: np.ndarray, labels, num_classes: int) -> dict[str, Any]:

@@ -192,13 +192,14 @@ def class_names(spec: str | Sequence[str] | None, num_classes: int, data: dict
     names = [line.strip() for line in epath.Path(spec).read_text().splitlines()
              if line.strip()]
   else:
-    names = _dataset_class_names(data) or [str(i) for i in range(num_classes)]
+    names = dataset_class_names(data) or [str(i) for i in range(num_classes)]
   if len(names) != num_classes:
     raise ValueError(f"class_names: {len(names)} names for {num_classes} classes")
   return names
 
 
-def _dataset_class_names(data: dict) -> list[str] | None:
+def dataset_class_names(data: dict) -> list[str] | None:
+  """The names of the dataset's `label` ClassLabel (None if it has none)."""
   from big_vision_like.data import tfds_source  # pylint: disable=g-import-not-at-top
   try:
     features = tfds_source.get_builder(data["name"], data.get("data_dir")).info.features
