@@ -17,10 +17,11 @@ re-implemented here):
     data/label_noise.py), and a picture of the top suspects with both labels
     (PNG and a TensorBoard image).
 
-Labels and images come from the TFDS split itself, which must have a
-`file_name` feature (dumps are joined on names, never on position); plain
-`fashion_mnist` has none: make an indexed copy with
-`python -m big_vision_like.tools.inject_label_noise --fraction 0`.
+Labels and images come from the TFDS split itself; dumps are joined to them on
+`file_name`. A dataset without that feature (plain `fashion_mnist`) is named
+the way the evaluators name its records in dumps: "{split}_{index:05d}", the
+record's position in its TFDS split (`splits.Share.record_names`), which is
+also the name the copies of data/label_noise.py store.
 """
 
 from __future__ import annotations
@@ -51,24 +52,56 @@ class SplitLabels:
   origin: str              # "tfds:name:split", for messages
 
 
+def _positional_names(builder, split: str) -> np.ndarray:
+  """"{split}_{index:05d}" of each record of `split`: how the evaluators name
+  the records of a dataset without a file_name (input_pipeline.make_eval_iterator)."""
+  from big_vision_like.data import splits as splits_lib  # pylint: disable=g-import-not-at-top
+  ranges = splits_lib.resolve(builder, split)
+  total = sum(hi - lo for _, lo, hi in ranges)
+  return np.array(splits_lib.Share(split, ranges, 0, total).record_names(), dtype=str)
+
+
+def _records(builder, split: str):
+  """The split's records in order, images not decoded, each with a `file_name`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  features = builder.info.features
+  decoders = {k: tfds.decode.SkipDecoding() for k, f in features.items()
+              if isinstance(f, tfds.features.Image)}
+  ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+  if "file_name" not in features:
+    names = tf.data.Dataset.from_tensor_slices(_positional_names(builder, split))
+    ds = tf.data.Dataset.zip(ds, names).map(tf.autograph.experimental.do_not_convert(
+        lambda ex, name: {**ex, "file_name": name}))
+  return ds
+
+
 def split_labels(name: str, split: str, data_dir: str | None = None) -> SplitLabels:
-  """Labels and file names of `name:split` (images are not decoded)."""
+  """Labels and file names of `name:split` (images are not decoded).
+
+  A dataset without a `file_name` feature (plain fashion_mnist) gets the names
+  the evaluators give its records in prediction dumps: "{split}_{index:05d}",
+  the record's position in its TFDS split.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from big_vision_like.data import tfds_source  # pylint: disable=g-import-not-at-top
   builder = tfds_source.get_builder(name, data_dir)
   features = builder.info.features
-  if "file_name" not in features:
-    raise ValueError(
-        f"dataset {name!r} has no file_name feature, and predictions are joined to "
-        f"labels on file names. Write an indexed copy (file_name = split_index) with:\n"
-        f"  python -m big_vision_like.tools.inject_label_noise --name {name} "
-        f"--out_name {name}_indexed --fraction 0" +
-        (f" --data_dir {data_dir}" if data_dir else ""))
   if "label" not in features or not hasattr(features["label"], "names"):
     raise ValueError(f"dataset {name!r} has no ClassLabel 'label' feature (features: "
                      f"{sorted(features)})")
-  source = label_sources.from_tfds(f"{name}:{split}", data_dir)
-  return SplitLabels(source.file_name, np.asarray(source.label, np.int64),
-                     list(features["label"].names), source.origin)
+  names, labels = [], []
+  ds = _records(builder, split).map(lambda ex: {"file_name": ex["file_name"],
+                                                "label": ex["label"]})
+  for batch in tfds.as_numpy(ds.batch(8192)):
+    names += [n.decode() for n in batch["file_name"]]
+    labels.append(batch["label"])
+  origin = f"tfds:{name}:{split}"
+  # Unique names, or the join would be ambiguous (LabelSource checks).
+  label_sources.LabelSource(np.array(names, dtype=str), origin)
+  return SplitLabels(np.array(names, dtype=str),
+                     np.concatenate(labels).astype(np.int64) if labels else
+                     np.zeros((0,), np.int64), list(features["label"].names), origin)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -228,8 +261,7 @@ def read_images(name: str, split: str, wanted: Sequence[str],
     return {}
   builder = tfds_source.get_builder(name, data_dir)
   table = tf.constant(list(wanted))
-  ds = builder.as_dataset(split=split, shuffle_files=False,
-                          decoders={"image": tfds.decode.SkipDecoding()})
+  ds = _records(builder, split)
   wanted_fn = tf.autograph.experimental.do_not_convert(
       lambda ex: tf.reduce_any(tf.equal(ex["file_name"], table)))
   decode_fn = tf.autograph.experimental.do_not_convert(

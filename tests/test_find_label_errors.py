@@ -188,11 +188,21 @@ def test_bad_predictions_are_refused_naming_the_culprit(tiny, tmp_path, case, me
     label_errors.load_probabilities(paths, labels)
 
 
-def test_a_split_without_file_names_is_refused_with_the_fix(tiny):
+def test_a_split_without_file_names_is_named_by_position_like_the_evaluators(tiny, tmp_path):
   data_dir, _ = tiny
-  with pytest.raises(ValueError, match="(?s)no file_name feature.*inject_label_noise --name "
-                                       "fashion_mnist --out_name fashion_mnist_indexed"):
-    label_errors.split_labels("fashion_mnist", "test", data_dir)
+  labels = label_errors.split_labels("fashion_mnist", "test", data_dir)
+  _, expected, ids = _read(data_dir, "test", "fashion_mnist")
+  assert labels.file_name.tolist() == [f"test_{i:05d}" for i in range(23)]
+  np.testing.assert_array_equal(labels.label, expected)
+  # A dump named that way joins; the picture finds the images by those names.
+  probs = _planted_probs(ids % 10)
+  order = np.arange(23)[::-1]
+  got = label_errors.load_probabilities(
+      [_dump(tmp_path / "a.npz", labels.file_name[order], probs[order])], labels)
+  np.testing.assert_allclose(got, probs)
+  images = label_errors.read_images("fashion_mnist", "test", ["test_00004"], data_dir)
+  assert images["test_00004"].shape == (28, 28, 1)
+  assert int(images["test_00004"][0, 0, 0]) == ids[4]
 
 
 # ------------------------------------------------------------------- K-fold

@@ -9,9 +9,9 @@ with its original and new label: the ground truth for precision and recall.
 What the copy holds: the features `image` (the source's encoded bytes, not
 re-encoded), `label` (same class names) and `file_name` = "{split}_{index:05d}",
 `index` being the record's position in `tfds.load(name, split=split)` (the
-convention of `fashion_captions`); other source features are dropped. Plain
-`fashion_mnist` has no file name, and predictions are joined to labels on
-file names, so `fraction=0` is the way to get an indexed copy of it.
+convention of `fashion_captions`, and the name the evaluators give a record
+of a dataset without file names); other source features are dropped.
+`fraction=0` writes a plain copy with file names.
 
 Noise modes (`fraction` is of ALL examples of each noisy split: exactly
 `round(fraction * N)` labels change):

@@ -28,9 +28,9 @@ given and suggested label, score; worst first), top_suspects.png (also as a
 TensorBoard image there) and summary.json (with precision/recall against
 `--flipped`, the JSON written by tools/inject_label_noise).
 
-The split must have a `file_name` feature (predictions are joined to labels
-on names): for plain fashion_mnist, make an indexed copy with
-`python -m big_vision_like.tools.inject_label_noise --fraction 0`.
+Predictions are joined to labels on `file_name`; a dataset without that
+feature (plain fashion_mnist) is named by record position, "train_00042", as
+the evaluators name its records in their dumps.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ and `file_name` = "{split}_{index:05d}"; exactly round(fraction * N) labels of
 each split in --splits change, uniformly (to another class) or between
 confusable pairs (Fashion-MNIST: T-shirt <-> shirt, pullover <-> coat,
 sneaker <-> ankle boot). The flips (file_name, original and new label) go to
-`{out_data_dir}/{out_name}_flips.json`. `--fraction 0` writes an indexed copy
-(file names, no noise), e.g. to rank a clean test split.
+`{out_data_dir}/{out_name}_flips.json`. `--fraction 0` writes a copy with
+file names and no noise.
 """
 
 from __future__ import annotations
