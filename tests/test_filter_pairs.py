@@ -118,10 +118,7 @@ def test_scores_are_mean_cosines_of_the_models_own_embeddings(tiny):
     config.evals = {"a_retrieval": dict(type="retrieval", pp=config.evals.zeroshot.pp),
                     **config.evals.to_dict()}
   again = predict.Predictor.from_workdir(tiny.workdir, config=config)
-  assert again.text_pp == config.evals.zeroshot.pp_txt
-  np.testing.assert_allclose(filter_pairs.score_pairs(
-      again, [e["image"] for e in exs[:8]], [captions(e) for e in exs[:8]]), scores[:8],
-      atol=1e-6)
+  assert again.text_pp == p.text_pp == config.evals.zeroshot.pp_txt
 
 
 def test_keep_fraction_and_min_score_write_exactly_the_kept_examples(tiny, tmp_path):
