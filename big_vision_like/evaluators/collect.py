@@ -15,6 +15,7 @@ File names travel through the device as fixed-width uint8 rows
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -173,8 +174,11 @@ def save_predictions(path: str | os.PathLike, arrays: dict[str, np.ndarray],
   payload = dict(arrays)
   for k, v in meta.items():
     payload[f"meta_{k}"] = np.asarray(v)
-  with tmp.open("wb") as f:
-    np.savez(f, **payload)
+  # Built in memory: np.savez seeks in its file, which a gs:// file opened
+  # for writing cannot do.
+  buffer = io.BytesIO()
+  np.savez(buffer, **payload)
+  tmp.write_bytes(buffer.getvalue())
   tmp.replace(path)  # overwrites a dump of the same step (re-evaluation)
   logging.info("Saved %d predictions to %s", len(arrays["topk_ids"]), path)
   return str(path)
