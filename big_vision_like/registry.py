@@ -94,7 +94,8 @@ TASKS = Registry("task", ["big_vision_like.tasks.*"])  # a new task is a new fil
 PP_OPS = Registry("pp op", ["big_vision_like.pp.ops_general",
                             "big_vision_like.pp.ops_image",
                             "big_vision_like.pp.randaug",
-                            "big_vision_like.pp.ops_text"])
+                            "big_vision_like.pp.ops_text",
+                            "big_vision_like.pp.ops_soft_labels"])
 EVALUATORS = Registry("evaluator", ["big_vision_like.evaluators.classification",
                                      "big_vision_like.evaluators.multilabel",
                                      "big_vision_like.evaluators.calibration",

@@ -194,6 +194,10 @@ class _Records:
                        if isinstance(f, tfds.features.Image)]
     keep_bytes = _bytes_keys(pp, features)
     self._decode_keys = [k for k in self.image_keys if k not in keep_bytes]
+    # Ops that look examples up by name (soft labels) need one; a dataset
+    # without names gets the evaluators' position names, `train_00042`.
+    self._add_names = (FILE_NAME_KEY not in features
+                       and pp_builder.reads_file_name(pp))
 
   def dataset(self, spec: str | None = None) -> tf.data.Dataset:
     """The share's records (or those of `spec`) in fixed TFDS order."""
@@ -202,6 +206,12 @@ class _Records:
     ds = self.builder.as_dataset(split=spec or self.share.spec,
                                  shuffle_files=False, decoders=decoders or None,
                                  read_config=read_config)
+    if self._add_names:
+      names = splits_lib.record_names(
+          splits_lib.resolve(self.builder, spec or self.share.spec))
+      ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(
+          tf.constant(names, tf.string)))
+      ds = ds.map(lambda ex, name: {**ex, FILE_NAME_KEY: name})
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options)

@@ -46,8 +46,7 @@ class Share:
     The index is the record's position in its TFDS split, so the same record
     gets the same name whatever the slicing, process count or batch size.
     """
-    return [f"{name}_{i:05d}" for name, lo, hi in self._pieces(self.start, self.stop)
-            for i in range(lo, hi)]
+    return record_names(self._pieces(self.start, self.stop))
 
   def _pieces(self, start: int, stop: int) -> list[tuple[str, int, int]]:
     pieces, offset = [], 0
@@ -58,6 +57,11 @@ class Share:
         pieces.append((name, lo + a, lo + b))
       offset += n
     return pieces
+
+
+def record_names(ranges: tuple[tuple[str, int, int], ...] | list) -> list[str]:
+  """`{split}_{index:05d}` of every record of absolute (split, from, to) ranges."""
+  return [f"{name}_{i:05d}" for name, lo, hi in ranges for i in range(lo, hi)]
 
 
 def _spec(pieces: list[tuple[str, int, int]]) -> str:

@@ -181,6 +181,12 @@ def bound_arguments(op: ParsedOp) -> dict[str, Any]:
   return dict(bound.arguments)
 
 
+def reads_file_name(pp_str: str) -> bool:
+  """Whether an op of the pp string looks examples up by `file_name`."""
+  return any(getattr(get_factory(op), "reads_file_name", False)
+             for op in parse_ops(pp_str))
+
+
 def is_random(op: ParsedOp) -> bool:
   """Whether the op consumes randomness (was registered with @random_op)."""
   return bool(getattr(get_factory(op), "is_random", False))

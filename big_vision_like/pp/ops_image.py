@@ -236,11 +236,12 @@ def get_resize_small(smaller_size: int, method: str = "area",
 @PP_OPS.register("central_crop")
 def get_central_crop(crop_size: int | Sequence[int] | None = None,
                      key: str = "image", inkey: str | None = None,
-                     outkey: str | None = None
+                     outkey: str | None = None, box_key: str | None = None
                      ) -> Callable[[Example], Example]:
   """Crops the central (height, width) window (offsets rounded down).
 
   `crop_size=None` takes the largest central square (as big_vision).
+  `box_key`: also store the window there (see `_put_box`).
   """
   size = _hw(crop_size, "central_crop") if crop_size else None
   src, dst = _keys(key, inkey, outkey)
@@ -261,6 +262,7 @@ def get_central_crop(crop_size: int | Sequence[int] | None = None,
     # Static shape, so that eval batches (padded) and jit shapes are known.
     channels = image.shape[2] if image.shape.rank else None
     crop.set_shape([*(size or (None, None)), channels])
+    data = _put_box(data, box_key, top, left, ch, cw, h, w)
     return {**data, dst: crop}
   return central_crop
 
@@ -269,12 +271,13 @@ def get_central_crop(crop_size: int | Sequence[int] | None = None,
 @random_op
 def get_random_crop(crop_size: int | Sequence[int], pad: int = 0,
                     key: str = "image", inkey: str | None = None,
-                    outkey: str | None = None
+                    outkey: str | None = None, box_key: str | None = None
                     ) -> Callable[[Example], Example]:
   """Uniformly random (height, width) crop, as big_vision's.
 
   Ours only: `pad` zero-pads that many pixels per side first;
   `random_crop(32, pad=4)` on 32x32 images is the classic CIFAR augmentation.
+  `box_key`: also store the window there (see `_put_box`).
   """
   ch, cw = _hw(crop_size, "random_crop")
   if not isinstance(pad, int) or pad < 0:
@@ -292,10 +295,43 @@ def get_random_crop(crop_size: int | Sequence[int], pad: int = 0,
         message=f"pp op random_crop: padded image smaller than {ch}x{cw}")
     with tf.control_dependencies([check]):
       crop_shape = tf.stack([ch, cw, tf.shape(image)[2]])
-    out = tf.image.stateless_random_crop(image, crop_shape, seed=seed)
+    if box_key is None:
+      out = tf.image.stateless_random_crop(image, crop_shape, seed=seed)
+    else:  # The same offset stateless_random_crop draws, made visible.
+      offset = _stateless_crop_offset(tf.shape(image), crop_shape, seed)
+      out = tf.slice(image, offset, crop_shape)
+      data = _put_box(data, box_key, offset[0], offset[1], ch, cw, h, w, pad)
     out.set_shape([ch, cw, image.shape[2]])
     return {**data, dst: out}
   return random_crop
+
+
+def _put_box(data: Example, box_key: str | None, top, left, ch, cw, h, w,
+             pad: int = 0) -> Example:
+  """Records a crop's window as data[box_key] = [ymin, xmin, ymax, xmax].
+
+  Fractions of the image the op received (before any padding the op added;
+  a window reaching into the padding is clipped to the image), the
+  `tf.image` bounding-box convention. Label pooling reads it
+  (`pp/ops_soft_labels.py`); later geometric ops (flips, resizes) do not
+  change what a crop covers.
+  """
+  if box_key is None:
+    return data
+  f = lambda v: tf.cast(v, tf.float32)
+  hh, ww = f(h) - 2.0 * pad, f(w) - 2.0 * pad
+  box = tf.stack([(f(top) - pad) / hh, (f(left) - pad) / ww,
+                  (f(top) + f(ch) - pad) / hh, (f(left) + f(cw) - pad) / ww])
+  return {**data, box_key: tf.clip_by_value(box, 0.0, 1.0)}
+
+
+def _stateless_crop_offset(shape: tf.Tensor, crop_shape: tf.Tensor,
+                           seed: tf.Tensor) -> tf.Tensor:
+  """The offset `tf.image.stateless_random_crop(seed=seed)` takes (tested equal)."""
+  limit = shape - crop_shape + 1
+  draw = tf.random.stateless_uniform(tf.shape(shape), seed=seed, maxval=tf.int32.max,
+                                     dtype=tf.int32)
+  return draw % limit
 
 
 def _check_crop_args(area_min: float, area_max: float, ratio_min: float,
@@ -342,14 +378,15 @@ def get_inception_crop(size: int | Sequence[int] | None = None,
                        ratio_min: float = 0.75, ratio_max: float = 1.33,
                        max_attempts: int = 100, rounding: str = "truncate",
                        key: str = "image", inkey: str | None = None,
-                       outkey: str | None = None
+                       outkey: str | None = None, box_key: str | None = None
                        ) -> Callable[[Example], Example]:
   """Random crop of area_min..area_max percent of the area, then resize.
 
   big_vision's arguments and defaults; the resize is `resize(size, method,
   antialias)`. `size=None` returns the crop without resizing. Ours only:
   `ratio_min`/`ratio_max` (the aspect ratio range, big_vision's fixed
-  0.75..1.33), `max_attempts` (big_vision: 100) and `rounding`.
+  0.75..1.33), `max_attempts` (big_vision: 100), `rounding`, and `box_key`
+  (also store the window there, for label pooling; see `_put_box`).
   """
   op = "inception_crop"
   hw = _hw(size, op) if size else None
@@ -368,6 +405,9 @@ def get_inception_crop(size: int | Sequence[int] | None = None,
     crop.set_shape([None, None, image.shape[-1]])
     if hw is not None:
       crop = _resize(crop, hw, method, antialias, rounding)
+    shape = tf.shape(image)
+    data = _put_box(data, box_key, begin[0], begin[1], crop_size[0], crop_size[1],
+                    shape[0], shape[1])
     return {**data, dst: crop}
   return inception_crop
 
@@ -398,14 +438,16 @@ def get_decode_jpeg_and_inception_crop(
     size: int | Sequence[int] | None = None, area_min: float = 5,
     area_max: float = 100, ratio_min: float = 0.75, ratio_max: float = 1.33,
     method: str = "bilinear", antialias: bool = False,
-    max_attempts: int = 100, rounding: str = "truncate", key: str = "image"
+    max_attempts: int = 100, rounding: str = "truncate", key: str = "image",
+    box_key: str | None = None
 ) -> Callable[[Example], Example]:
   """`decode|inception_crop(...)` fused: decodes only the crop of a JPEG.
 
   big_vision's arguments and defaults (aspect ratios 0.75..1.33). Needs JPEG
   bytes (the input pipeline keeps images encoded when a pp string uses this
   op). Same crop distribution as `inception_crop`, always RGB. Ours only:
-  `max_attempts` (big_vision: 100) and `rounding`.
+  `max_attempts` (big_vision: 100), `rounding` and `box_key` (also store the
+  window there; see `_put_box`).
   """
   op = "decode_jpeg_and_inception_crop"
   hw = _hw(size, op) if size else None
@@ -421,6 +463,8 @@ def get_decode_jpeg_and_inception_crop(
                                          ratio_min, ratio_max, max_attempts)
     window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
     crop = _decode_window(encoded, window, hw, method, antialias, rounding)
+    data = _put_box(data, box_key, begin[0], begin[1], crop_size[0], crop_size[1],
+                    shape[0], shape[1])
     return {**data, key: crop}
   return decode_jpeg_and_inception_crop
 
