@@ -235,3 +235,17 @@ def test_training_with_label_pooling_and_cutmix(tiny_dir, tmp_path):
   losses = [r["train/loss"] for r in rows if "train/loss" in r]
   assert losses and all(np.isfinite(losses))
   assert any("test/prec@1" in r for r in rows)
+
+
+def test_relabel_config_builds_each_target(tiny_dir, tmp_path):
+  from big_vision_like import config as config_lib  # pylint: disable=g-import-not-at-top
+  path, _ = _teacher_map(tmp_path / "maps.npz", tiny_dir)
+  for targets, op in (("hard", "onehot("), ("global", "soft_labels("),
+                      ("maps", "label_pooling(")):
+    config = config_lib.load_config(
+        f"configs/fashion_relabel.py:targets={targets},label_maps={path},mix=cutmix,runlocal")
+    assert op in config.input.pp and config.mixup.cutmix_alpha == 1.0
+    assert ("box_key='crop_box'" in config.input.pp) == (targets == "maps")
+    pp_builder.get_preprocess_fn(config.input.pp)  # parses, and loads the file
+  with pytest.raises(config_lib.ConfigError, match="targets='soft'"):
+    config_lib.load_config("configs/fashion_relabel.py:targets=soft")
