@@ -23,7 +23,9 @@ the file stops the run with the name and the file (the input pipeline adds
 the record).
 
 Mixup and CutMix (`config.mixup`) mix these targets like any dense labels:
-CutMix weighs the two crops' pooled targets by the area actually pasted.
+CutMix weighs the two crops' pooled targets by the area actually pasted. The
+ReLabel authors' training code does the same (CutMix on the batch of pooled
+targets), rather than pooling the pasted patch's own region.
 """
 
 from __future__ import annotations
