@@ -114,7 +114,12 @@ class LabelMaps:
 def save(path: str, maps: LabelMaps) -> None:
   """Writes the .npz format above (atomically: a temp file, then a rename)."""
   tmp = f"{path}.tmp-{os.getpid()}.npz"
-  meta = {f"meta_{k}": np.asarray(v) for k, v in maps.meta.items()}
+  meta = {}
+  for k, v in maps.meta.items():
+    value = np.asarray(v)
+    if value.dtype.kind not in "biufU":  # load() never unpickles objects
+      raise ValueError(f"{path}: meta {k!r} = {v!r} is not a number or a string")
+    meta[f"meta_{k}"] = value
   np.savez(tmp, file_name=maps.file_name.astype(str), ids=maps.ids.astype(np.int32),
            scores=maps.scores.astype(np.float32), num_classes=np.int64(maps.num_classes),
            **meta)
@@ -151,7 +156,8 @@ def _from_npz(path: str, arrays: dict[str, np.ndarray], temperature: float,
     if "num_classes" not in arrays:
       raise ValueError(f"{path}: a label-map file needs `num_classes` (has "
                        f"{sorted(arrays)})")
-    meta = {k[len("meta_"):]: v for k, v in arrays.items() if k.startswith("meta_")}
+    meta = {k[len("meta_"):]: v.item() if v.ndim == 0 else v
+            for k, v in arrays.items() if k.startswith("meta_")}
     return LabelMaps(arrays["file_name"], arrays["ids"], arrays["scores"],
                      int(arrays["num_classes"]), path, meta)
   if "logits" in arrays:  # A prediction dump with logits: the teacher's softmax.

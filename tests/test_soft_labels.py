@@ -159,6 +159,13 @@ def test_errors_name_the_culprit(tmp_path):
   with pytest.raises(ValueError, match="summing to 1.5"):
     soft_labels.LabelMaps(np.array(["x"]), np.zeros((1, 1, 1, 2), np.int32) + [0, 1],
                           np.full((1, 1, 1, 2), 0.75, np.float32), 2, "t")
+  maps = soft_labels.load(path)
+  maps.meta = {"step": 7, "teacher": "wd", "broken": None}
+  with pytest.raises(ValueError, match="meta 'broken' = None is not a number or a string"):
+    soft_labels.save(str(tmp_path / "meta.npz"), maps)
+  del maps.meta["broken"]
+  soft_labels.save(str(tmp_path / "meta.npz"), maps)
+  assert soft_labels.load(str(tmp_path / "meta.npz")).meta == {"step": 7, "teacher": "wd"}
   with pytest.raises(ValueError, match=r"'x' has class ids outside \[0, 2\)"):
     soft_labels.LabelMaps(np.array(["x"]), np.full((1, 1, 1, 1), 2, np.int32),
                           np.ones((1, 1, 1, 1), np.float32), 2, "t")
