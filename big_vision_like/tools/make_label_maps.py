@@ -36,6 +36,9 @@ Methods:
            (bilinear) back to the model's input size and classified. One
            forward pass sees batch_size x G x G windows (default batch_size:
            128 windows' worth of images).
+           The windows are zoomed-in views: a teacher trained on full images
+           only (the Fashion-MNIST main job) labels them badly (BENCHMARKS.md,
+           "Soft and localized labels"); use one trained with random crops.
 
 Each cell keeps the softmax's top-k (`--topk`, default min(5, classes)).
 meta_* records the workdir, step, method, grid, data, split, pp and the
