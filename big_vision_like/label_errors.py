@@ -37,6 +37,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from big_vision_like import label_sources
+from big_vision_like import soft_labels
 
 # cleanlab's defaults, named so the summary records what was run.
 FILTER_BY = "prune_by_noise_rate"
@@ -104,12 +105,6 @@ def split_labels(name: str, split: str, data_dir: str | None = None) -> SplitLab
                      np.zeros((0,), np.int64), list(features["label"].names), origin)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-  z = np.asarray(logits, np.float64)
-  z = np.exp(z - z.max(axis=1, keepdims=True))
-  return z / z.sum(axis=1, keepdims=True)
-
-
 def _read_probs(path: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
   """(file names, probabilities [n, C]) of one dump or npz."""
   from big_vision_like.tools import score_predictions  # pylint: disable=g-import-not-at-top
@@ -119,7 +114,7 @@ def _read_probs(path: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
                      f"{score_predictions._describe(arrays)})")  # pylint: disable=protected-access
   names = arrays["file_name"].astype(str)
   if "logits" in arrays:
-    key, probs = "logits", softmax(arrays["logits"]) if arrays["logits"].ndim == 2 else None
+    key, probs = "logits", soft_labels.softmax(arrays["logits"]) if arrays["logits"].ndim == 2 else None
   elif "probs" in arrays:
     key, probs = "probs", np.asarray(arrays["probs"], np.float64)
   else:

@@ -140,7 +140,8 @@ def from_probabilities(names: np.ndarray, probs: np.ndarray, origin: str,
   return LabelMaps(names, ids, scores, num_classes, origin)
 
 
-def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+  """Row-wise softmax(logits / temperature) in float64."""
   z = np.asarray(logits, np.float64) / temperature
   z = np.exp(z - z.max(axis=-1, keepdims=True))
   return z / z.sum(axis=-1, keepdims=True)
@@ -165,7 +166,7 @@ def _from_npz(path: str, arrays: dict[str, np.ndarray], temperature: float,
     if logits.ndim != 2 or logits.shape[0] != len(arrays["file_name"]):
       raise ValueError(f"{path}: `logits` must be [N, C] with N = "
                        f"{len(arrays['file_name'])} file names, got {logits.shape}")
-    return from_probabilities(arrays["file_name"], _softmax(logits, temperature), path, topk)
+    return from_probabilities(arrays["file_name"], softmax(logits, temperature), path, topk)
   raise ValueError(f"{path}: neither a label-map file (file_name, ids, scores, "
                    f"num_classes) nor a prediction dump with `logits` (evaluators write "
                    f"them with save_logits=True); it has: "

@@ -62,12 +62,16 @@ def test_crop_ops_record_the_window_they_cut(op):
     np.testing.assert_allclose(out["b"], _window_of(out["image"], image), atol=1e-6)
 
 
-def test_random_crop_with_a_box_cuts_the_same_crop_as_without():
+def test_random_crop_cuts_what_tf_stateless_random_crop_cuts():
+  """Our offset is TF's, made visible: the crops of seeded random_crop are exact."""
   image = _ramp(16, 12)
   for seed in range(6):
     ex = {"image": image, "_seed": np.array([seed, 3], np.int64)}
-    np.testing.assert_array_equal(_run("random_crop((5, 9))", ex)["image"],
-                                  _run("random_crop((5, 9), box_key='b')", ex)["image"])
+    # The builder folds the op's position (0) into the example seed.
+    op_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 3], tf.int64), 0)
+    expected = tf.image.stateless_random_crop(image, [5, 9, 1], seed=op_seed).numpy()
+    for op in ("random_crop((5, 9))", "random_crop((5, 9), box_key='b')"):
+      np.testing.assert_array_equal(_run(op, ex)["image"], expected)
 
 
 def test_padded_random_crop_box_is_clipped_to_the_image():

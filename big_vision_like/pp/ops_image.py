@@ -295,12 +295,10 @@ def get_random_crop(crop_size: int | Sequence[int], pad: int = 0,
         message=f"pp op random_crop: padded image smaller than {ch}x{cw}")
     with tf.control_dependencies([check]):
       crop_shape = tf.stack([ch, cw, tf.shape(image)[2]])
-    if box_key is None:
-      out = tf.image.stateless_random_crop(image, crop_shape, seed=seed)
-    else:  # The same offset stateless_random_crop draws, made visible.
-      offset = _stateless_crop_offset(tf.shape(image), crop_shape, seed)
-      out = tf.slice(image, offset, crop_shape)
-      data = _put_box(data, box_key, offset[0], offset[1], ch, cw, h, w, pad)
+    # The offset stateless_random_crop draws, computed here so the box can be kept.
+    offset = _stateless_crop_offset(tf.shape(image), crop_shape, seed)
+    out = tf.slice(image, offset, crop_shape)
+    data = _put_box(data, box_key, offset[0], offset[1], ch, cw, h, w, pad)
     out.set_shape([ch, cw, image.shape[2]])
     return {**data, dst: out}
   return random_crop
