@@ -260,3 +260,27 @@ def test_relabel_config_builds_each_target(tiny_dir, tmp_path):
     pp_builder.get_preprocess_fn(config.input.pp)  # parses, and loads the file
   with pytest.raises(config_lib.ConfigError, match="targets='soft'"):
     config_lib.load_config("configs/fashion_relabel.py:targets=soft")
+
+
+def test_bad_label_map_arrays_are_refused_naming_the_problem(tmp_path):
+  ids, ones = np.zeros((2, 1, 1, 1), np.int32), np.ones((2, 1, 1, 1), np.float32)
+  names = np.array(["a", "b"])
+  with pytest.raises(ValueError, match=r"shape \[N, gh, gw, k\]"):
+    soft_labels.LabelMaps(names, ids[:1], ones, 2, "t")
+  with pytest.raises(ValueError, match="ids must be integers"):
+    soft_labels.LabelMaps(names, ids.astype(np.float32), ones, 2, "t")
+  with pytest.raises(ValueError, match="'a' has negative or non-finite"):
+    soft_labels.LabelMaps(names, ids, -ones, 2, "t")
+  with pytest.raises(ValueError, match="1 images have no label mass.*'b'"):
+    soft_labels.LabelMaps(names, ids, np.array([1.0, 0.0], np.float32).reshape(2, 1, 1, 1),
+                          2, "t")
+  with pytest.raises(ValueError, match="occur more than once"):
+    soft_labels.LabelMaps(np.array(["a", "a"]), ids, ones, 2, "t")
+  (tmp_path / "sets.json").write_text(json.dumps({"a": [], "b": 1}))
+  with pytest.raises(ValueError, match="empty label set.*'a'"):
+    soft_labels.load(str(tmp_path / "sets.json"))
+  np.savez(tmp_path / "other.npz", file_name=names, probs=ones[:, 0, 0])
+  with pytest.raises(ValueError, match="neither a label-map file"):
+    soft_labels.load(str(tmp_path / "other.npz"))
+  with pytest.raises(ValueError, match="temperature must be > 0"):
+    soft_labels.load(str(tmp_path / "other.npz"), temperature=0)
