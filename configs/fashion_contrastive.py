@@ -40,7 +40,8 @@ def image_tower() -> dict:
   model (the 6-block copy that once lived here had fallen behind when the
   main job went to 4 blocks). 4 blocks cost 15% fewer FLOPs per image at the
   same held-out zero-shot (0.8753 vs 0.8763 on one machine; 0.8842 for a
-  second seed): see BENCHMARKS.md, "Contrastive default".
+  second seed). The recipe is fragile: on another CPU the same two seeds
+  give 0.7893 and 0.8814. See BENCHMARKS.md, "Contrastive default".
   """
   image = config_lib.load_config(_MAIN).model.to_dict()
   image.pop("num_classes")
