@@ -13,10 +13,17 @@ if [ -n "$missing" ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
 fi
-# One pytest worker per core, at most 4 (pytest-xdist). Much of the suite is
-# single-threaded (imports, tracing, XLA compiles, subprocess start-up), so two
-# workers on 2 cores roughly halve its wall time. Whole files go to one worker
-# (--dist loadfile), so an expensive module fixture is built once.
+# One pytest worker per core (pytest-xdist), at most 4 and at most one per 8 GB
+# of memory (a worker and the processes its tests start can peak at ~7 GB).
+# Much of the suite is single-threaded (imports, tracing, XLA compiles,
+# subprocess start-up): two workers on 2 cores cut its wall time by ~30%
+# (BENCHMARKS.md, "Test suite"). Whole files go to one worker (--dist
+# loadfile), so an expensive module fixture is built once.
 # BVL_TEST_WORKERS=0 runs everything in this process.
-workers="${BVL_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
+mem_gb=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1048576 ))
+workers=$(nproc)
+[ "$workers" -gt 4 ] && workers=4
+[ "$workers" -gt $(( mem_gb / 8 )) ] && workers=$(( mem_gb / 8 ))
+[ "$workers" -lt 1 ] && workers=1
+workers="${BVL_TEST_WORKERS:-$workers}"
 exec .venv/bin/python -m pytest -q --durations=25 -n "$workers" --dist loadfile "$@"
