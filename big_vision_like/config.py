@@ -25,6 +25,7 @@ import json
 import math
 import os
 import sys
+import types
 from typing import Any, Mapping, Sequence
 
 import ml_collections
@@ -82,15 +83,21 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return out
 
 
-def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  """Loads `path/to/config.py[:arg]` and applies `a.b=value` overrides."""
-  path, _, arg = spec.partition(":")
+def load_module(path: str) -> types.ModuleType:
+  """The config file at `path` as a module (its constants, its get_config)."""
   if not os.path.exists(path):
     raise ConfigError(f"Config file not found: {path!r}")
   module_spec = importlib.util.spec_from_file_location(
       "bvl_config_" + os.path.basename(path).removesuffix(".py"), path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
+  return module
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` and applies `a.b=value` overrides."""
+  path, _, arg = spec.partition(":")
+  module = load_module(path)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} defines no get_config(arg)")
   config = module.get_config(arg or None)

@@ -22,6 +22,7 @@ stopped by the watchdog (watchdog.py: stacks in the log, exit code 75).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import sys
 import time
@@ -143,6 +144,12 @@ def log_start(exp: experiment.Experiment, data: TrainData, start_step: int,
                               peak_flops_per_device=peak, start_step=start_step)
 
 
+def _log_if_slow(what: str, t0: float) -> None:
+  took = time.perf_counter() - t0
+  if took > 1.0:
+    logging.info("Releasing %s took %.1f s (tf.data iterator teardown).", what, took)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) per `config` in `workdir`; returns the final metrics.
 
@@ -190,6 +197,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       path = results_lib.write(str(workdir), metrics, step=out["step"],
                                train_seconds=time.time() - t0)
       logging.info("Final results: %s", path)
+    # Tearing down a tf.data iterator can block for tens of seconds (seen at the
+    # end of contrastive and LiT runs, not reproduced outside the trainer);
+    # release the streams here, one by one, so that a slow one is named.
+    released = time.perf_counter()
+    del train_iter
+    gc.collect()
+    _log_if_slow("the training stream", released)
+    released = time.perf_counter()
+    del evaluators
+    gc.collect()
+    _log_if_slow("the evaluators' streams", released)
     return out
 
 

@@ -116,6 +116,7 @@ def test_unknown_model_field_names_it():
     "configs/bit_i1k.py", "configs/bit_i1k.py:runlocal",
     "configs/fashion_contrastive.py", "configs/fashion_contrastive.py:loss=clip",
     "configs/fashion_contrastive.py:loss=chunked_siglip,runlocal",
+    "configs/fashion_contrastive.py:text=bytes,epochs=4",
     "configs/fashion_lit.py", "configs/fashion_lit.py:runlocal",
     "configs/image_text_b16.py", "configs/image_text_b16.py:loss=clip",
     "configs/image_text_b16.py:runlocal", "configs/image_text_b16.py:lit_init=/ckpt"])

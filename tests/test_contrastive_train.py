@@ -16,15 +16,15 @@ from big_vision_like import train as train_lib  # noqa: E402
 
 TINY_IMAGE = dict(variant=None, width=32, depth=1, mlp_dim=64, num_heads=2,
                   conv_stem=(16, 32), patch_size=1, pool_type="gap", posemb="sincos2d")
-TINY_TEXT = dict(vocab_size=259, width=32, depth=1, mlp_dim=64, num_heads=2,
-                 pool_type="last")
+# The vocabulary and pad id stay the config's: they belong to its tokenizer.
+TINY_TEXT = dict(width=32, depth=1, mlp_dim=64, num_heads=2, pool_type="last")
 
 
 def contrastive_config(data_dir, spec="configs/fashion_contrastive.py:runlocal", **extra):
   config = config_lib.load_config(spec)
   with config.ignore_type():
     config.model.image = dict(TINY_IMAGE)
-    config.model.text = dict(TINY_TEXT)
+    config.model.text = dict(config.model.text.to_dict(), **TINY_TEXT)
     config.model.embed_dim = 16
     config.input.data.data_dir = data_dir
     config.input.batch_size = 32
@@ -124,6 +124,23 @@ def test_two_tower_config_errors(fashion_mnist_data_dir, tmp_path):
   config.input.pp = config.input.pp.replace("keep('image', 'text')", "keep('image')")
   with pytest.raises(config_lib.ConfigError, match="must produce 'text'"):
     train_lib.train(config, str(tmp_path / "keys"))
+  # A tokenizer whose ids do not fit the embedding table: refused before any step
+  # (the lookup would give NaN rows, not an error), naming the pp op and the key.
+  config = contrastive_config(fashion_mnist_data_dir)
+  config.model.text.vocab_size = 259
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config.input.pp: pp op 5 .*tokenize\(12, tokenizer='clip'.* "
+                           r"ids up to 49407 .*vocab_size is 259; set vocab_size to 49408"):
+    train_lib.train(config, str(tmp_path / "vocab"))
+  # The bytes side of the config with one evaluator's prompts tokenized by CLIP.
+  config = contrastive_config(fashion_mnist_data_dir,
+                              spec="configs/fashion_contrastive.py:text=bytes,runlocal")
+  assert config.model.text.vocab_size == 259
+  config.evals.zeroshot.pp_txt = "tokenize(12, tokenizer='clip', bos=True)"
+  with pytest.raises(config_lib.ConfigError, match=r"config.evals.zeroshot.pp_txt: pp op 0 "):
+    train_lib.train(config, str(tmp_path / "vocab_eval"))
+  # The bytes side of the config is self-consistent and validates.
+  config_lib.validate(config_lib.load_config("configs/fashion_contrastive.py:text=bytes"))
 
 
 def test_zero_shot_scorecard_validates_with_inner_keys():

@@ -41,9 +41,10 @@ from tests.helpers import tiny_config, write_fashion_mnist_source, write_tfds  #
 NAME = fashion_captions.NAME
 TINY_IMAGE = dict(variant=None, width=32, depth=1, mlp_dim=64, num_heads=2,
                   conv_stem=(16, 32), patch_size=1, pool_type="gap", posemb="sincos2d")
-TINY_TEXT = dict(vocab_size=259, width=32, depth=1, mlp_dim=64, num_heads=2,
-                 pool_type="last")
-TEXT_LEN = 48  # configs/fashion_contrastive.py's tokenize length
+TINY_TEXT = dict(width=32, depth=1, mlp_dim=64, num_heads=2, pool_type="last")
+# configs/fashion_contrastive.py's text side (tokenizer spec, length, BOS), read
+# from the config module so that the by-hand check below follows it.
+CONTRASTIVE = config_lib.load_module("configs/fashion_contrastive.py")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def tiny(tmp_path_factory):
   config = config_lib.load_config("configs/fashion_contrastive.py:runlocal")
   with config.ignore_type():
     config.model.image = dict(TINY_IMAGE)
-    config.model.text = dict(TINY_TEXT)
+    config.model.text = dict(config.model.text.to_dict(), **TINY_TEXT)
     config.model.embed_dim = 16
     config.input.data.data_dir = data_dir
     config.input.batch_size = 16
@@ -92,14 +93,15 @@ def test_scores_are_mean_cosines_of_the_models_own_embeddings(tiny):
   _, exs = read(NAME, tiny.data_dir)
   scores = filter_pairs.score_pairs(p, [e["image"] for e in exs], [captions(e) for e in exs])
   assert scores.shape == (50,)
-  # By hand: PIL decodes, the bytes tokenizer's Python twin tokenizes, the flax
+  # By hand: PIL decodes, the tokenizer's Python side tokenizes, the flax
   # model is applied directly and the cosines are averaged here.
   canon = lambda s: ops_text.canonicalize(tf.constant(s)).numpy().decode()
   picks = [0, 7, 31, 49]
   images = np.stack([np.asarray(Image.open(io.BytesIO(exs[i]["image"])), np.float32)[..., None]
                      for i in picks]) / 255.0 * 2.0 - 1.0
-  tokens = tokenizers.get_tokenizer("bytes").encode_fixed(
-      [canon(c) for i in picks for c in captions(exs[i])], TEXT_LEN)
+  tokens = tokenizers.get_tokenizer(CONTRASTIVE.TOKENIZER).encode_fixed(
+      [canon(c) for i in picks for c in captions(exs[i])], CONTRASTIVE.TEXT_LEN,
+      bos=CONTRASTIVE.BOS)
   zimg, ztxt, _ = p.exp.model.apply({"params": jax.device_get(p.params)},
                                     image=jnp.asarray(images), text=jnp.asarray(tokens),
                                     train=False)

@@ -16,6 +16,8 @@ import jax
 from big_vision_like import errors
 from big_vision_like import registry
 from big_vision_like import tasks
+from big_vision_like.pp import builder as pp_builder
+from big_vision_like.text import tokenizers
 
 
 @registry.TASKS.register("image_text")
@@ -39,6 +41,7 @@ class ImageText(tasks.Task):
       raise errors.ConfigError(
           "config.init_head_bias is for classification heads; the sigmoid loss's "
           "bias starts at config.model.bias_init")
+    check_vocab(config)
 
   def make_loss(self, model, mesh, data_axes):
     loss_fn = registry.LOSSES.get(self.config.loss)(mesh, data_axes)
@@ -65,3 +68,40 @@ class ImageText(tasks.Task):
     """The L2-normalised image embedding (what zero-shot classification reads)."""
     zimg, _, _ = model.apply({"params": params}, batch["image"], None, train=False)
     return zimg
+
+
+def _pp_strings(config: Any) -> list[tuple[str, str]]:
+  """(config key, pp string) of every pp that may tokenize text for the model."""
+  out = [("config.input.pp", config.input.get("pp"))]
+  for name, ev in (config.get("evals") or {}).items():
+    for key in ("pp", "pp_txt"):
+      out.append((f"config.evals.{name}.{key}", ev.get(key)))
+  return [(k, v) for k, v in out if isinstance(v, str)]
+
+
+def check_vocab(config: Any) -> None:
+  """Every `tokenize` op's ids must fit the text tower's embedding table.
+
+  An id past `config.model.text.vocab_size` would not fail in the model: the
+  embedding lookup of an out-of-range id returns NaN (or a clamped row), so
+  a tokenizer changed without the vocabulary would train on garbage. Checked
+  when the config states a vocabulary size (zoo models bring their own).
+  """
+  text = (config.get("model") or {}).get("text") or {}
+  vocab = text.get("vocab_size") if hasattr(text, "get") else None
+  if vocab is None:
+    return
+  for key, pp in _pp_strings(config):
+    for op in pp_builder.parse_ops(pp):
+      if op.name != "tokenize":
+        continue
+      spec = pp_builder.bound_arguments(op)["tokenizer"]
+      try:
+        ids = tokenizers.get_tokenizer(spec).vocab_size
+      except (OSError, ValueError):
+        continue  # the pp op itself reports a bad spec or file when it is built
+      if ids > vocab:
+        raise errors.ConfigError(
+            f"{key}: pp op {op.index} {op.token!r} gives token ids up to {ids - 1} "
+            f"(tokenizer {spec!r}, {ids} ids) but config.model.text.vocab_size is "
+            f"{vocab}; set vocab_size to {ids}")
