@@ -56,8 +56,6 @@ def pp_txt(text: str = _TEXT_SIDE, key: str = "text") -> str:
           f"|tokenize({length}, tokenizer={tok!r}, bos={bos}, key={key!r})")
 
 
-PP_TXT = pp_txt()
-
 # The text tower: a 2-block transformer, pooled at the end token. (Dropout
 # 0.1 in it was tried with the bytes tokenizer: +0.010 and -0.028 held-out
 # zero-shot over two seeds; not kept.)

@@ -246,3 +246,9 @@ def test_readme_config_table_is_generated_from_the_key_table():
   table = config_lib.markdown_table()
   assert "| `init_head_bias` | float | `None` |" in table
   assert "| `input.batch_size` | int | required |" in table
+
+
+def test_contrastive_config_refuses_an_unknown_text_side():
+  with pytest.raises(ValueError, match=r"fashion_contrastive: text='words' is unknown; "
+                                       r"known: \['bpe', 'bytes'\]"):
+    config_lib.load_config("configs/fashion_contrastive.py:text=words")

@@ -91,16 +91,19 @@ def check_vocab(config: Any) -> None:
   vocab = text.get("vocab_size") if hasattr(text, "get") else None
   if vocab is None:
     return
+  sizes: dict[str, int | None] = {}  # by spec: get_tokenizer reads model files anew
   for key, pp in _pp_strings(config):
     for op in pp_builder.parse_ops(pp):
       if op.name != "tokenize":
         continue
       spec = pp_builder.bound_arguments(op)["tokenizer"]
-      try:
-        ids = tokenizers.get_tokenizer(spec).vocab_size
-      except (OSError, ValueError):
-        continue  # the pp op itself reports a bad spec or file when it is built
-      if ids > vocab:
+      if spec not in sizes:
+        try:
+          sizes[spec] = tokenizers.get_tokenizer(spec).vocab_size
+        except (OSError, ValueError):
+          sizes[spec] = None  # the pp op itself reports a bad spec or file when built
+      ids = sizes[spec]
+      if ids is not None and ids > vocab:
         raise errors.ConfigError(
             f"{key}: pp op {op.index} {op.token!r} gives token ids up to {ids - 1} "
             f"(tokenizer {spec!r}, {ids} ids) but config.model.text.vocab_size is "
