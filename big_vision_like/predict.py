@@ -37,6 +37,7 @@ import tensorflow as tf
 from big_vision_like import checkpoint as ckpt_lib
 from big_vision_like import experiment
 from big_vision_like import zoo
+from big_vision_like.data import tf_options
 from big_vision_like.evaluators import zeroshot
 from big_vision_like.pp import builder as pp_builder
 
@@ -132,14 +133,14 @@ class Predictor:
         raise FileNotFoundError(f"image {path} does not exist")
     return self._preprocess_encoded(
         tf.data.Dataset.from_tensor_slices(paths).map(
-            tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True),
+            tf.io.read_file, num_parallel_calls=tf_options.parallelism()),
         len(paths))
 
   def _preprocess_encoded(self, encoded: tf.data.Dataset, n: int) -> np.ndarray:
     """The pp string over a dataset of encoded images, in parallel, in order."""
     pp_fn = pp_builder.get_preprocess_fn(self.pp)
-    ds = encoded.map(lambda image: pp_fn({"image": image})["image"],
-                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = tf_options.apply(encoded.map(lambda image: pp_fn({"image": image})["image"],
+                                      num_parallel_calls=tf_options.parallelism()))
     try:
       out = list(ds.as_numpy_iterator())
     except tf.errors.InvalidArgumentError as e:

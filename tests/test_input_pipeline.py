@@ -339,3 +339,39 @@ def test_vit_i1k_runlocal_trains_on_a_small_imagenet(tmp_path):
   assert result["minival/num_examples"] == 2  # train[99%:] of 200
   rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
   assert all(np.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
+
+
+# ------------------------------------------------- tf.data options and threads
+
+
+def test_pipelines_run_without_the_autotuner_and_with_all_cpus(small):
+  """No autotuning thread (its join stalled run exits for up to a minute).
+
+  The map parallelism is then ours to set: every CPU this process may use.
+  """
+  from big_vision_like.data import tf_options
+  train = input_pipeline.make_train_iterator(small, PP, 4, seed=0)
+  evals, _ = input_pipeline.make_eval_iterator({**small, "split": "test"}, PP, 4)
+  mixed = input_pipeline.make_train_iterator(mix(small), PP, 4, seed=0)
+  for it in (train, evals, mixed):
+    options = it.dataset.options()
+    assert options.autotune.enabled is False
+    assert options.deterministic is True
+  cpus = len(os.sched_getaffinity(0))
+  assert tf_options.parallelism() == cpus
+  assert tf_options.resolve_parallelism(None) == cpus
+  assert tf_options.resolve_parallelism(tf.data.AUTOTUNE) == cpus
+  assert tf_options.resolve_parallelism(3) == 3
+  with pytest.raises(ValueError, match="num_parallel_calls must be >= 1"):
+    tf_options.resolve_parallelism(0)
+  # The pp map got that number, not AUTOTUNE (-1). (TFDS's own record
+  # parsing keeps AUTOTUNE, which without the autotuner is min(16, CPUs).)
+  graph = tf.compat.v1.GraphDef.FromString(
+      train.dataset._as_serialized_graph().numpy())  # pylint: disable=protected-access
+  nodes = {n.name: n for n in graph.node}
+  pp_maps = [n for n in graph.node if n.op == "ParallelMapDatasetV2"
+             and "_preprocess" in n.attr["f"].func.name]
+  assert len(pp_maps) == 1
+  const = nodes[pp_maps[0].input[-1].split(":")[0]]
+  assert tf.make_ndarray(const.attr["value"].tensor) == cpus
+  assert len(take(train, 2)) == 2 and len(list(evals)) == 6

@@ -34,6 +34,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from big_vision_like.data import fashion_mnist
+from big_vision_like.data import tf_options
 from big_vision_like.data import tfds_writer
 
 MODULE = "big_vision_like.data.image_folder"
@@ -160,9 +161,9 @@ def _check_images(images: Sequence[_Image]) -> dict[str, str]:
     return index, tf.shape(image)
 
   ds = tf.data.Dataset.from_tensor_slices(paths).enumerate()
-  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+  ds = ds.map(decode, num_parallel_calls=tf_options.parallelism(),
               deterministic=False)
-  ds = ds.ignore_errors()
+  ds = tf_options.apply(ds.ignore_errors())
   ok = {int(i) for i, _ in ds.as_numpy_iterator()}
   errors = {}
   for index, image in enumerate(images):
@@ -201,8 +202,8 @@ class _Examples:
 
     paths = tf.data.Dataset.from_tensor_slices(
         tf.constant([im.path for im in self._images], tf.string))
-    encoded = paths.map(load, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=True).prefetch(64)
+    encoded = tf_options.apply(paths.map(
+        load, num_parallel_calls=tf_options.parallelism()).prefetch(64))
     for image, data in zip(self._images, encoded.as_numpy_iterator()):
       yield {"image": data, "label": self._labels[image.class_name],
              "file_name": image.relative}

@@ -66,6 +66,7 @@ import tensorflow_datasets as tfds
 
 from big_vision_like.data import mixture as mixture_lib
 from big_vision_like.data import splits as splits_lib
+from big_vision_like.data import tf_options
 from big_vision_like.data import tfds_source
 from big_vision_like.pp import builder as pp_builder
 
@@ -212,9 +213,7 @@ class _Records:
       ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(
           tf.constant(names, tf.string)))
       ds = ds.map(lambda ex, name: {**ex, FILE_NAME_KEY: name})
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options)
+    return tf_options.apply(ds)
 
   def decode(self, example: dict) -> dict:
     """Decodes the image features the pp string wants decoded (as TFDS would)."""
@@ -531,6 +530,7 @@ class TrainIterator:
     self.skip_corrupt = skip_corrupt
     self.skipped = 0  # Records dropped since start (skip_corrupt=True).
     self._streams, self._choices, self._rows = streams, choices, rows
+    self.dataset = ds  # The batched tf.data pipeline (its options, its graph).
     spec = dict(ds.element_spec)
     spec.pop(SKIPPED_KEY, None)
     self.element_spec = spec
@@ -605,7 +605,7 @@ def make_train_iterator(
     data: Any, pp: str, global_batch_size: int, *, seed: int,
     start_step: int = 0, shuffle_buffer_size: int = 50_000,
     cache: bool = False, prefetch: int = 2,
-    num_parallel_calls: int = tf.data.AUTOTUNE,
+    num_parallel_calls: int | None = None,
     process_index: int | None = None, process_count: int | None = None,
     skip_corrupt: bool = False, order: str = "global",
     num_steps: int | None = None,
@@ -628,7 +628,9 @@ def make_train_iterator(
       ops before the first random one) in memory. In the global order every
       process caches (so decodes once) the whole split.
     prefetch: batches to prefetch.
-    num_parallel_calls: parallelism of the pp map.
+    num_parallel_calls: parallelism of the pp map (None: the CPUs this
+      process may use; the pipeline runs without tf.data's autotuner, see
+      `tf_options`).
     process_index, process_count: default to JAX's; override for tests.
     skip_corrupt: drop (and count, in `.skipped`) records that fail to
       decode or preprocess instead of failing with `BadExampleError`.
@@ -643,6 +645,7 @@ def make_train_iterator(
   """
   if order not in ORDERS:
     raise ValueError(f"input.order={order!r} is not one of {ORDERS}.")
+  num_parallel_calls = tf_options.resolve_parallelism(num_parallel_calls)
   sources = data_sources(data)
   index, count = _processes(process_index, process_count)
   batch = local_batch_size(global_batch_size, count)
@@ -688,7 +691,7 @@ def make_train_iterator(
       selector = selector.filter(_plain(lambda g, _: rows.owns(g)))
       selector = selector.map(_plain(lambda _, source: source))
     ds = tf.data.Dataset.choose_from_datasets(parts, selector)
-  ds = ds.batch(batch, drop_remainder=True).prefetch(prefetch)
+  ds = tf_options.apply(ds.batch(batch, drop_remainder=True).prefetch(prefetch))
   return TrainIterator(
       ds, streams=streams, choices=choices, rows=rows, order=order,
       num_examples=sum(st.num_examples for st in streams),
@@ -745,6 +748,7 @@ class EvalIterable:
   def __init__(self, ds: tf.data.Dataset, num_batches: int,
                num_examples: int, plan: _EvalPlan, skip_corrupt: bool):
     self._ds = ds
+    self.dataset = ds  # The batched tf.data pipeline (its options, its graph).
     self.num_batches = num_batches
     self.num_examples = num_examples  # Real examples on this process.
     self.element_spec = ds.element_spec
@@ -791,7 +795,7 @@ class EvalIterable:
           lambda i, ex: (i, self._plan.fn(ex)))
       ds = tf.data.Dataset.zip(tf.data.Dataset.range(records.share.size),
                                records.dataset())
-      ok = {int(i) for i, _ in ds.map(check, tf.data.AUTOTUNE)
+      ok = {int(i) for i, _ in ds.map(check, tf_options.parallelism())
             .ignore_errors().as_numpy_iterator()}
       for index in [i for i in range(records.share.size)
                     if i not in ok][:_MAX_REPORTED]:
@@ -805,7 +809,7 @@ class EvalIterable:
 
 def make_eval_iterator(
     data: dict, pp: str, global_batch_size: int, *, cache: bool = True,
-    prefetch: int = 2, num_parallel_calls: int = tf.data.AUTOTUNE,
+    prefetch: int = 2, num_parallel_calls: int | None = None,
     process_index: int | None = None, process_count: int | None = None,
     skip_corrupt: bool = False,
 ) -> tuple[EvalIterable, int]:
@@ -872,7 +876,7 @@ def make_eval_iterator(
         tf.constant(shares[index].record_names() or [""], tf.string))
     ds = tf.data.Dataset.zip(ds, names.take(shares[index].size)).map(
         lambda example, name: {**example, FILE_NAME_KEY: name})
-  ds = ds.map(with_mask, num_parallel_calls)
+  ds = ds.map(with_mask, tf_options.resolve_parallelism(num_parallel_calls))
   if skip_corrupt:
     ds = ds.ignore_errors(log_warning=True)
   if cache:
@@ -883,7 +887,7 @@ def make_eval_iterator(
   # Pad to the same number of batches everywhere (also after skipped records).
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
   ds = ds.take(num_batches * batch)
-  ds = ds.batch(batch, drop_remainder=True).prefetch(prefetch)
+  ds = tf_options.apply(ds.batch(batch, drop_remainder=True).prefetch(prefetch))
   iterable = EvalIterable(ds, num_batches, sizes[index],
                           _EvalPlan(records, fn), skip_corrupt)
   return iterable, num_batches

@@ -21,6 +21,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from big_vision_like.data import tf_options
+
 BLOCK = 4096
 _SALT = 0x3A1C7  # Keeps mixture draws apart from shuffle and pp seeds.
 
@@ -80,8 +82,8 @@ class Choices:
     def count(block):
       return tf.math.bincount(self._block(block), minlength=n, maxlength=n,
                               dtype=tf.int64)
-    total = tf.data.Dataset.range(full).map(
-        count, num_parallel_calls=tf.data.AUTOTUNE).reduce(
+    total = tf_options.apply(tf.data.Dataset.range(full).map(
+        count, num_parallel_calls=tf_options.parallelism())).reduce(
             tf.zeros([n], tf.int64), lambda a, b: a + b).numpy()
     if rest:
       tail = self._block(tf.constant(full, tf.int64))[:rest]

@@ -86,6 +86,7 @@ import tensorflow_datasets as tfds
 from big_vision_like import registry
 from big_vision_like import sharding as sharding_lib
 from big_vision_like.data import input_pipeline
+from big_vision_like.data import tf_options
 from big_vision_like.data import tfds_source
 from big_vision_like.evaluators import collect
 from big_vision_like.pp import builder as pp_builder
@@ -246,9 +247,7 @@ def _records(builder: Any, split: str, where: str) -> tf.data.Dataset:
   except (KeyError, ValueError, AssertionError) as e:
     raise ValueError(f"{where}: dataset {builder.info.name!r} has no split {split!r} "
                      f"(its splits: {sorted(builder.info.splits.keys())}): {e}") from e
-  options = tf.data.Options()
-  options.deterministic = True
-  return ds.with_options(options)
+  return tf_options.apply(ds)
 
 
 @registry.EVALUATORS.register("fewshot")

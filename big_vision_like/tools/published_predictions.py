@@ -132,9 +132,10 @@ def encode_jpegs(indices: np.ndarray) -> list[bytes]:
   """The index images as JPEG bytes (encoded in parallel with tf.data)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   images = index_images(indices)
-  ds = tf.data.Dataset.from_tensor_slices(images).map(
+  from big_vision_like.data import tf_options  # pylint: disable=g-import-not-at-top
+  ds = tf_options.apply(tf.data.Dataset.from_tensor_slices(images).map(
       lambda image: tf.io.encode_jpeg(image, quality=JPEG_QUALITY),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(4096)
+      num_parallel_calls=tf_options.parallelism()).batch(4096))
   return [bytes(b) for batch in ds.as_numpy_iterator() for b in batch]
 
 
