@@ -197,10 +197,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       path = results_lib.write(str(workdir), metrics, step=out["step"],
                                train_seconds=time.time() - t0)
       logging.info("Final results: %s", path)
-    # Tearing down a tf.data iterator can block for up to a minute after a long
-    # run: deleting it joins tf.data's autotuning thread (BENCHMARKS.md,
-    # "Contrastive default"). Release the streams here, one by one, so that a
-    # slow one is named in the log.
+    # Tearing down an autotuned tf.data iterator blocked for up to a minute
+    # after a long run (it joined the autotuning thread; BENCHMARKS.md,
+    # "Contrastive default"); the pipelines now run without one (`tf_options`).
+    # The streams are still released here, one by one, so that a slow
+    # teardown, should one come back, is named in the log.
     released = time.perf_counter()
     del train_iter
     gc.collect()

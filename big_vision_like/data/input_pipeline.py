@@ -763,9 +763,10 @@ class EvalIterable:
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     # One repeating iterator serves every pass: a pass takes exactly
-    # `num_batches` batches and never asks the dataset for its end. Ending a
-    # tf.data iterator can wait seconds for its autotuning thread on a busy
-    # host (measured: 5-6 s at the end of 4 of 5 eval passes).
+    # `num_batches` batches and never asks the dataset for its end, so a pass
+    # neither rebuilds the iterator nor tears it down. (With tf.data's
+    # autotuner, now off (`tf_options`), each teardown waited for its thread:
+    # 5-6 s at the end of 4 of 5 eval passes on a busy host.)
     if self._it is None:
       self._it, self._pos = iter(tfds.as_numpy(self._ds.repeat())), 0
     if self._pos:  # A previous pass stopped early: realign to a pass boundary.

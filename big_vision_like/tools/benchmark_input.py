@@ -271,7 +271,6 @@ def _bare_dataset(data_dir: str, phase: str, batch: int, *, repeat: bool):
   (so their ratio to the bare limit is the best our pipeline could reach).
   """
   import tensorflow as tf
-  from big_vision_like.data import tf_options
   from big_vision_like.data import tfds_source
 
   builder = tfds_source.get_builder(DATASET, data_dir)
@@ -316,9 +315,11 @@ def _bare_dataset(data_dir: str, phase: str, batch: int, *, repeat: bool):
     ds = ds.repeat()
   if work is train_work:  # Position -> seed of the random crop.
     ds = ds.enumerate().map(lambda index, record: (record, index))
-  # Same parallelism, prefetch and options as the input pipeline's defaults.
-  ds = ds.map(decode, num_parallel_calls=tf_options.parallelism())
-  return tf_options.apply(ds.batch(batch, drop_remainder=repeat).prefetch(2))
+  # The plainest pipeline a researcher writes: AUTOTUNE and tf.data's default
+  # options (autotuning on), while ours runs with fixed parallelism and no
+  # autotuner (`tf_options`); the ratio compares the two as each would run.
+  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.batch(batch, drop_remainder=repeat).prefetch(2)
 
 
 class _NumpyPasses:
@@ -359,10 +360,10 @@ def _time_passes(iterable, num_batches: int, warmup: int, passes: int
 
   Each pass is timed from creating its iterator to receiving its last
   batch. Ending the iterator is timed apart (the 4th value: mean seconds
-  per pass): with tf.data's autotuner on (the bare pipelines of older
-  versions, and ours before `tf_options`) it joined its model thread there,
-  ~0.5 s per pass, noise on a 50,000-image validation set but most of our
-  short passes; it is kept to show that the cost is gone.
+  per pass): with tf.data's autotuner on (the bare pipelines; ours before
+  `tf_options`) deleting an iterator joins its model thread, ~0.5 s per
+  short pass here (up to a minute after a long run), noise on a
+  50,000-image validation set but most of our short passes.
   """
   wall = cpu = teardown = 0.0
   images = 0
@@ -593,8 +594,8 @@ def main(argv: list[str] | None = None) -> int:
   print(f"\nbatch {args.batch}; train: {args.warmup_batches} warm-up + "
         f"{args.batches} timed batches; eval: 1 warm-up + {args.eval_passes} "
         f"timed passes (no cache); {cores} cores "
-        f"(os.sched_getaffinity), num_parallel_calls={cores} "
-        f"(tf.data autotuning off, as in the input pipeline); "
+        f"(os.sched_getaffinity); ours: num_parallel_calls={cores}, no "
+        f"autotuner; bare: AUTOTUNE, tf.data's defaults; "
         f"best of {args.repeats} fresh process(es) per row "
         f"(peak RSS: the largest)\n")
   print(format_table(results))
