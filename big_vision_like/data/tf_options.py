@@ -12,9 +12,12 @@ off there is no such thread: an iterator ends at once.
 
 What autotuning would choose instead: the map parallelism (here, the number
 of CPUs this process may use, the size of tf.data's own thread pool) and the
-prefetch depth (here, `config.input.prefetch` batches). On the CPUs we
-measured, the fixed values feed the pipeline as fast as autotuning did
-(BENCHMARKS.md, "Input pipeline throughput").
+prefetch depth (here, `config.input.prefetch` batches). On the 2-core box
+we measured, the fixed values fed the training steps and the ImageNet-style
+pipelines as fast as autotuning did, within the run-to-run spread (A/B in
+BENCHMARKS.md, "Contrastive default" and "RandAugment"). tf.data's own
+record parsing inside TFDS keeps AUTOTUNE, which without the autotuner
+means min(16, CPUs) threads.
 """
 
 from __future__ import annotations
