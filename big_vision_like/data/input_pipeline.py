@@ -747,7 +747,6 @@ class EvalIterable:
 
   def __init__(self, ds: tf.data.Dataset, num_batches: int,
                num_examples: int, plan: _EvalPlan, skip_corrupt: bool):
-    self._ds = ds
     self.dataset = ds  # The batched tf.data pipeline (its options, its graph).
     self.num_batches = num_batches
     self.num_examples = num_examples  # Real examples on this process.
@@ -768,7 +767,7 @@ class EvalIterable:
     # autotuner, now off (`tf_options`), each teardown waited for its thread:
     # 5-6 s at the end of 4 of 5 eval passes on a busy host.)
     if self._it is None:
-      self._it, self._pos = iter(tfds.as_numpy(self._ds.repeat())), 0
+      self._it, self._pos = iter(tfds.as_numpy(self.dataset.repeat())), 0
     if self._pos:  # A previous pass stopped early: realign to a pass boundary.
       for _ in range(self.num_batches - self._pos):
         next(self._it)
