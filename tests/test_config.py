@@ -180,9 +180,11 @@ def test_bad_value_writes_nothing(tmp_path):
 def test_override_errors_name_the_key():
   with pytest.raises(config_lib.ConfigError, match=r"config\.input\.pp is a str, not a section"):
     config_lib.load_config(MAIN, ["input.pp.x=1"])
-  with pytest.raises(config_lib.ConfigError, match=r"config argument epochs='2\.7' is not of type int"):
-    config_lib.load_config(MAIN + ":epochs=2.7")
-  assert config_lib.load_config(MAIN + ":epochs=3.0").total_epochs == 3
+  with pytest.raises(config_lib.ConfigError, match=r"config argument batch='12\.5' is not of type int"):
+    config_lib.load_config(MAIN + ":batch=12.5")
+  assert config_lib.load_config(MAIN + ":batch=64.0").input.batch_size == 64
+  # A float default takes an int as that float.
+  assert config_lib.load_config(MAIN + ":epochs=3").total_epochs == 3.0
 
 
 def test_cli_space_form_and_evaluator_options():
