@@ -97,16 +97,21 @@ EPOCHS = 3.5
 def get_config(arg=None):
   arg = parse_arg(arg, loss="siglip", epochs=EPOCHS, batch=256, runlocal=False,
                   data="fashion_mnist_captions", text=_TEXT_SIDE)
-  txt = pp_txt(arg.text)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.total_epochs = arg.epochs
 
+  # Every deterministic op comes before the first random one (`flip_lr`), so
+  # the input pipeline caches all of them after the first epoch: all three
+  # captions of an image are tokenized once, and `choice` picks a row of
+  # tokens every epoch. Choosing first, then tokenizing, ran the Python BPE
+  # tokenizer on every example of every epoch, which held the steps to
+  # ~450-560 img/s against ~600 (BENCHMARKS.md, "Contrastive default").
   config.input = dict(
       data=dict(name=arg.data, split="train"),
-      pp=("decode(1)|flip_lr|value_range(-1, 1)"
-          "|choice(key='captions', key_result='text')|" + txt
-          + "|keep('image', 'text')"),
+      pp=("decode(1)|value_range(-1, 1)|" + pp_txt(arg.text, key="captions")
+          + "|flip_lr|choice(key='captions', key_result='text')"
+          "|keep('image', 'text')"),
       batch_size=arg.batch, shuffle_buffer_size=60_000, cache=True)
 
   config.model_name = "two_tower"

@@ -84,6 +84,28 @@ def test_tf_data_and_pp_op_equal_open_clip(tok):
   np.testing.assert_array_equal(out["text"], [c["short"]["5"] for c in CASES[:6]])
 
 
+def test_captions_of_an_example_tokenize_in_one_call_with_the_same_ids(tok):
+  # [n] captions -> [n, L] goes through ONE Python call per example; it must
+  # give each caption's ids from the per-text graph path, in every EOS mode.
+  captions = [TEXTS[i:i + 3] for i in range(0, 24, 3)]
+  for eos, bos in [("sticky", True), ("yes", False), ("none", True)]:
+    pp = get_preprocess_fn(f"tokenize(9, tokenizer='clip', bos={bos}, "
+                           f"eos={eos!r}, key='captions')")
+    ds = tf.data.Dataset.from_tensor_slices({"captions": captions}).map(pp)
+    assert ds.element_spec["captions"] == tf.TensorSpec([3, 9], tf.int32)
+    got = np.stack([d["captions"] for d in ds.as_numpy_iterator()])
+    one = tf.data.Dataset.from_tensor_slices(TEXTS[:24]).map(
+        lambda t: tok.tf_encode_fixed(t, 9, eos=eos, bos=bos))
+    want = np.stack(list(one.as_numpy_iterator())).reshape(8, 3, 9)
+    np.testing.assert_array_equal(got, want)
+  bad = tf.data.Dataset.from_tensors({"text": tf.constant([b"ok", b"caf\xe9"])})
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="'clip': text is not valid UTF-8: b'caf"):
+    list(bad.map(get_preprocess_fn("tokenize(5, tokenizer='clip')")))
+  with pytest.raises(ValueError, match="tf_encode_fixed_many takes a 1-D"):
+    tok.tf_encode_fixed_many(tf.constant([["a"]]), 5)
+
+
 def test_zeroshot_prompts_tokenized_through_the_evaluator_path():
   cases = CASES[-50:]  # "a photo of a {}." with the first 50 curated names.
   names = zeroshot.resolve_class_names("imagenet2012_clip")[:50]

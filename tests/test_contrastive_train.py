@@ -129,7 +129,7 @@ def test_two_tower_config_errors(fashion_mnist_data_dir, tmp_path):
   config = contrastive_config(fashion_mnist_data_dir)
   config.model.text.vocab_size = 259
   with pytest.raises(config_lib.ConfigError,
-                     match=r"config.input.pp: pp op 5 .*tokenize\(12, tokenizer='clip'.* "
+                     match=r"config.input.pp: pp op 3 .*tokenize\(12, tokenizer='clip'.* "
                            r"ids up to 49407 .*vocab_size is 259; set vocab_size to 49408"):
     train_lib.train(config, str(tmp_path / "vocab"))
   # The bytes side of the config with one evaluator's prompts tokenized by CLIP.

@@ -224,10 +224,28 @@ def test_choice_is_deterministic_and_covers_all_captions():
   assert "_seed" not in out
 
 
+def test_choice_of_token_rows_equals_tokenizing_the_chosen_caption():
+  # Tokenizing all captions first (cacheable) and choosing a row after picks
+  # the same caption for the same seed as choosing first, then tokenizing.
+  # Random ops draw from their position in the string, so `choice` sits at
+  # position 1 in both (the captions are canonical already).
+  captions = tf.constant(["a cat", "the dog running", "one bird", "two fish"])
+  late = get_preprocess_fn(
+      "canonicalize_text(key='captions')|choice(key='captions')|tokenize(8)")
+  early = get_preprocess_fn("tokenize(8, key='captions')|choice(key='captions')")
+  picked = set()
+  for s in range(40):
+    want = late({"captions": captions, "_seed": seed(s)})["text"].numpy()
+    got = early({"captions": captions, "_seed": seed(s)})["text"].numpy()
+    assert got.shape == (8,) and got.tolist() == want.tolist(), s
+    picked.add(tuple(got.tolist()))
+  assert len(picked) == 4  # Every caption gets picked: not a constant row.
+
+
 def test_choice_errors():
   with pytest.raises(PPError, match="'choice' is random.*seed"):
     get_preprocess_fn("choice")({"texts": tf.constant(["a"])})
-  with pytest.raises(PPError, match="choice: 'texts' must be a 1-D"):
+  with pytest.raises(PPError, match="choice: 'texts' must have a leading axis"):
     get_preprocess_fn("choice")({"texts": tf.constant("a"), "_seed": seed(0)})
   with pytest.raises(tf.errors.InvalidArgumentError, match="key=texts is empty"):
     get_preprocess_fn("choice")({"texts": tf.constant([], tf.string),

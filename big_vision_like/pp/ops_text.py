@@ -119,16 +119,13 @@ def get_tokenize(max_len: int, tokenizer: str = "bytes", key: str = "text",
     raise ValueError(f"{op}: {e}") from e
   pad = tok.check_options(eos, bos, pad_value, op)
 
-  def encode_one(text):
-    return tok.tf_encode_fixed(text, max_len, eos=eos, bos=bos, pad_value=pad)
-
   def tokenize(data):
     text = _strings(data, key, op)
     if text.shape.rank == 0:
-      ids = encode_one(text)
+      ids = tok.tf_encode_fixed(text, max_len, eos=eos, bos=bos, pad_value=pad)
     elif text.shape.rank == 1:
-      ids = tf.map_fn(encode_one, text, fn_output_signature=tf.TensorSpec(
-          [max_len], tf.int32))
+      ids = tok.tf_encode_fixed_many(text, max_len, eos=eos, bos=bos,
+                                     pad_value=pad)
     else:
       raise ValueError(f"{op}: {key!r} must be one string or a 1-D tensor of "
                        f"captions, got shape {text.shape}.")
@@ -140,10 +137,14 @@ def get_tokenize(max_len: int, tokenizer: str = "bytes", key: str = "text",
 @random_op
 def get_choice(key: str = "texts", key_result: str = "text"
                ) -> Callable[[Example], Example]:
-  """Picks one entry of the 1-D `data[key]` at random (e.g. one caption).
+  """Picks one entry along the first axis of `data[key]` at random.
 
-  Uniform over the entries, stateless: the same example seed always picks
-  the same caption. An empty `data[key]` fails at run time.
+  E.g. one caption of a 1-D string tensor, or one row of `[n, len]` tokens:
+  tokenizing every caption in the cached deterministic prefix and choosing
+  a token row afterwards spends the tokenizer once per example, not once
+  per example per epoch. Uniform over the entries, stateless: the same
+  example seed always picks the same index, whatever the entries' shape.
+  An empty `data[key]` fails at run time.
   """
   op = "choice"
 
@@ -153,9 +154,10 @@ def get_choice(key: str = "texts", key_result: str = "text"
       raise ValueError(f"{op}: key {key!r} not in the example; available "
                        f"keys: {available}.")
     values = tf.convert_to_tensor(data[key])
-    if values.shape.rank != 1:
-      raise ValueError(f"{op}: {key!r} must be a 1-D tensor (e.g. several "
-                       f"captions), got shape {values.shape}.")
+    if values.shape.rank is None or values.shape.rank < 1:
+      raise ValueError(f"{op}: {key!r} must have a leading axis to choose "
+                       f"along (e.g. several captions, or their [n, len] "
+                       f"tokens), got shape {values.shape}.")
     seed = get_seed(data, op)
     n = tf.shape(values)[0]
     check = tf.debugging.Assert(

@@ -172,6 +172,43 @@ class Tokenizer(abc.ABC):
     ids = tf.pad(ids, [[0, max_len - tf.shape(ids)[0]]], constant_values=pad)
     return tf.reshape(ids, [max_len])  # Static shape, for batching and jit.
 
+  # True where `tf_tokenize` runs a Python encoder (`_tf_encode_with_python`).
+  encodes_in_python: bool = False
+
+  def tf_encode_fixed_many(self, texts: tf.Tensor, max_len: int, *,
+                           eos: str = "sticky", bos: bool = False,
+                           pad_value: int | None = None) -> tf.Tensor:
+    """`encode_fixed` of a 1-D tf.string (e.g. an example's captions).
+
+    int32 of shape [n, max_len]. In-graph tokenizers map `tf_encode_fixed`
+    over the texts; Python-backed ones encode all n in ONE
+    `tf.numpy_function` call of `encode_fixed` (the same ids): a call per
+    text holds the GIL n times and pays TF's per-call overhead n times,
+    which in a training stream competes with the step's own Python.
+    """
+    _check_max_len(max_len, "tf_encode_fixed_many")
+    pad = self.check_options(eos, bos, pad_value, "tf_encode_fixed_many")
+    texts = tf.convert_to_tensor(texts)
+    if texts.dtype != tf.string or texts.shape.rank != 1:
+      raise ValueError(f"tokenizer {self.spec!r}: tf_encode_fixed_many takes "
+                       f"a 1-D tf.string, got {texts.dtype.name} of shape "
+                       f"{texts.shape}.")
+    if not self.encodes_in_python:
+      return tf.map_fn(
+          lambda t: self.tf_encode_fixed(t, max_len, eos=eos, bos=bos,
+                                         pad_value=pad),
+          texts, fn_output_signature=tf.TensorSpec([max_len], tf.int32))
+
+    def encode_all(raw: np.ndarray) -> np.ndarray:
+      return self.encode_fixed([_utf8(t, self.spec) for t in raw], max_len,
+                               eos=eos, bos=bos, pad_value=pad)
+
+    ids = tf.numpy_function(encode_all, [texts], tf.int32, stateful=False,
+                            name="tokenize_many")
+    ids = tf.reshape(ids, [tf.shape(texts)[0], max_len])
+    ids.set_shape([texts.shape[0], max_len])
+    return ids
+
   def __repr__(self) -> str:
     return (f"{type(self).__name__}({self.spec!r}, vocab_size="
             f"{self.vocab_size}, pad_id={self.pad_id}, eos_id={self.eos_id}, "
@@ -246,6 +283,15 @@ def _read_model(path: str, what: str = "sentencepiece model file") -> bytes:
     raise OSError(f"cannot read {what} {path!r}: {e.message}") from e
 
 
+def _utf8(raw: bytes, spec: str) -> str:
+  """`raw` decoded as UTF-8, or an error naming the tokenizer and the text."""
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"tokenizer {spec!r}: text is not valid UTF-8: "
+                     f"{raw[:80]!r}") from e
+
+
 def _tf_encode_with_python(text: tf.Tensor, encode, spec: str,
                            name: str) -> tf.Tensor:
   """Raw ids of a scalar tf.string by `encode(str) -> list[int]` in Python.
@@ -258,12 +304,7 @@ def _tf_encode_with_python(text: tf.Tensor, encode, spec: str,
 
   def encode_one(raw) -> np.ndarray:
     raw = raw.item() if isinstance(raw, np.ndarray) else raw
-    try:
-      decoded = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-      raise ValueError(f"tokenizer {spec!r}: text is not valid UTF-8: "
-                       f"{raw[:80]!r}") from e
-    return np.asarray(encode(decoded), np.int32)
+    return np.asarray(encode(_utf8(raw, spec)), np.int32)
 
   ids = tf.numpy_function(encode_one, [text], tf.int32, stateful=False,
                           name=name)
@@ -281,6 +322,8 @@ class SentencePieceTokenizer(Tokenizer):
   serialized (tf.data service, SavedModel). Text that is not valid UTF-8
   fails loudly at run time.
   """
+
+  encodes_in_python = True
 
   def __init__(self, path: str, spec: str | None = None):
     self.spec = spec or f"sentencepiece:{path}"
@@ -346,6 +389,8 @@ class ClipTokenizer(Tokenizer):
   encoder through `tf.numpy_function` (not serializable; invalid UTF-8 fails
   at run time).
   """
+
+  encodes_in_python = True
 
   def __init__(self, bpe: clip_bpe.ClipBPE, spec: str = "clip"):
     self.spec = spec
@@ -417,6 +462,8 @@ class WordPieceTokenizer(Tokenizer):
   through `tf.numpy_function` (not serializable; invalid UTF-8 fails at run
   time).
   """
+
+  encodes_in_python = True
 
   def __init__(self, encoder: wordpiece.WordPiece, spec: str):
     self.spec = spec
