@@ -75,7 +75,7 @@ class TrainData:
                durations.to_steps(config, "ckpt", default=1000, **dur))
 
   def iterator(self, start_step: int) -> input_pipeline.TrainIterator:
-    """Batches from `start_step` on (nothing is read until the first `next`)."""
+    """Batches from `start_step` on (nothing is read until `next` or `read_ahead`)."""
     cfg = self.config.input
     return input_pipeline.make_train_iterator(
         cfg.data, cfg.pp, cfg.batch_size, seed=self.config.seed, start_step=start_step,
@@ -176,11 +176,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if jax.process_index() == 0:
       run_config.save(workdir, config, start_step)
 
+    # The shuffle buffer fills while the state is initialised (or restored),
+    # the evaluators are built and the train step compiles. (After the config
+    # checks above, so that a refused config starts no reading.)
+    train_iter.read_ahead()
     state, step = initial_state(exp, ckpt, start_step)
     if step != start_step:
       # The newest step was unreadable and restore fell back to an older one:
       # the data must restart there too, or the run would silently diverge.
+      train_iter.close()
       train_iter = data.iterator(step)
+      train_iter.read_ahead()
     evaluators = evaluators_lib.make_evaluators(
         config, exp.predict_fn, exp.mesh, exp.data_axes, batch_size=config.input.batch_size,
         total_steps=data.total_steps, num_train_examples=data.num_examples, workdir=str(workdir))

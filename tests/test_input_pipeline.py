@@ -228,6 +228,30 @@ def test_pp_failure_names_the_record_and_the_op(small):
     next(it)
 
 
+def test_read_ahead_gives_the_same_batches_and_the_same_errors(small):
+  make = lambda data, pp=PP: input_pipeline.make_train_iterator(
+      data, pp, 4, seed=3, shuffle_buffer_size=64, cache=True)
+  want = take(make(small), 8)
+  it = make(small)
+  it.read_ahead()
+  it.read_ahead()  # A second call starts nothing.
+  got = take(it, 8)
+  for a, b in zip(want, got):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(ids(a), ids(b))
+  it.read_ahead()  # Reading began: no-op, the stream goes on in order.
+  np.testing.assert_array_equal(ids(next(it)), ids(take(make(small), 9)[-1]))
+  # A failure in the background read surfaces at the next `next`, as the
+  # same named error as without read-ahead.
+  bad_pp = "decode|central_crop(64)|keep('image', 'label')"
+  it = input_pipeline.make_train_iterator(small, bad_pp, 4, seed=0)
+  it.read_ahead()
+  it.close()  # Waits for the read; raises nothing itself.
+  with pytest.raises(input_pipeline.BadExampleError,
+                     match=r"file_name 'train/img_\d+.jpg'.*central_crop"):
+    next(it)
+
+
 def test_corrupt_eval_record_fails_naming_the_file(broken):
   data = {**broken, "split": "test"}
   it, _ = input_pipeline.make_eval_iterator(data, PP, 8)
