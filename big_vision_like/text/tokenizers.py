@@ -172,20 +172,23 @@ class Tokenizer(abc.ABC):
     ids = tf.pad(ids, [[0, max_len - tf.shape(ids)[0]]], constant_values=pad)
     return tf.reshape(ids, [max_len])  # Static shape, for batching and jit.
 
-  # True where `tf_tokenize` runs a Python encoder (`_tf_encode_with_python`).
-  encodes_in_python: bool = False
-
   def tf_encode_fixed_many(self, texts: tf.Tensor, max_len: int, *,
                            eos: str = "sticky", bos: bool = False,
                            pad_value: int | None = None) -> tf.Tensor:
     """`encode_fixed` of a 1-D tf.string (e.g. an example's captions).
 
-    int32 of shape [n, max_len]. In-graph tokenizers map `tf_encode_fixed`
-    over the texts; Python-backed ones encode all n in ONE
-    `tf.numpy_function` call of `encode_fixed` (the same ids): a call per
-    text holds the GIL n times and pays TF's per-call overhead n times,
-    which in a training stream competes with the step's own Python.
+    int32 of shape [n, max_len]. Here `tf_encode_fixed` is mapped over the
+    texts; `PythonTokenizer` encodes all n in one Python call instead.
     """
+    pad, texts = self._check_many(texts, max_len, eos, bos, pad_value)
+    return tf.map_fn(
+        lambda t: self.tf_encode_fixed(t, max_len, eos=eos, bos=bos,
+                                       pad_value=pad),
+        texts, fn_output_signature=tf.TensorSpec([max_len], tf.int32))
+
+  def _check_many(self, texts, max_len: int, eos: str, bos: bool,
+                  pad_value: int | None) -> tuple[int, tf.Tensor]:
+    """Validated pad value and `texts` as a 1-D tf.string tensor."""
     _check_max_len(max_len, "tf_encode_fixed_many")
     pad = self.check_options(eos, bos, pad_value, "tf_encode_fixed_many")
     texts = tf.convert_to_tensor(texts)
@@ -193,21 +196,7 @@ class Tokenizer(abc.ABC):
       raise ValueError(f"tokenizer {self.spec!r}: tf_encode_fixed_many takes "
                        f"a 1-D tf.string, got {texts.dtype.name} of shape "
                        f"{texts.shape}.")
-    if not self.encodes_in_python:
-      return tf.map_fn(
-          lambda t: self.tf_encode_fixed(t, max_len, eos=eos, bos=bos,
-                                         pad_value=pad),
-          texts, fn_output_signature=tf.TensorSpec([max_len], tf.int32))
-
-    def encode_all(raw: np.ndarray) -> np.ndarray:
-      return self.encode_fixed([_utf8(t, self.spec) for t in raw], max_len,
-                               eos=eos, bos=bos, pad_value=pad)
-
-    ids = tf.numpy_function(encode_all, [texts], tf.int32, stateful=False,
-                            name="tokenize_many")
-    ids = tf.reshape(ids, [tf.shape(texts)[0], max_len])
-    ids.set_shape([texts.shape[0], max_len])
-    return ids
+    return pad, texts
 
   def __repr__(self) -> str:
     return (f"{type(self).__name__}({self.spec!r}, vocab_size="
@@ -292,38 +281,64 @@ def _utf8(raw: bytes, spec: str) -> str:
                      f"{raw[:80]!r}") from e
 
 
-def _tf_encode_with_python(text: tf.Tensor, encode, spec: str,
-                           name: str) -> tf.Tensor:
-  """Raw ids of a scalar tf.string by `encode(str) -> list[int]` in Python.
+class PythonTokenizer(Tokenizer):
+  """A tokenizer whose encoder is Python code (a library or our own BPE).
 
-  Runs through `tf.numpy_function`: fine in tf.data maps, but such a pipeline
-  cannot be serialized (tf.data service, SavedModel). Text that is not valid
-  UTF-8 fails loudly at run time.
+  Subclasses give `_encode_one(str) -> list[int]` and `_tf_op_name`; this
+  class runs them inside TF graphs through `tf.numpy_function`: fine in
+  tf.data maps, but such a pipeline cannot be serialized (tf.data service,
+  SavedModel), and text that is not valid UTF-8 fails loudly at run time.
+  `tf_encode_fixed_many` encodes all of an example's texts in ONE call: a
+  call per text holds the GIL n times and pays TF's per-call overhead n
+  times, which in a training stream competes with the step's own Python.
   """
-  text = _check_scalar_string(text, spec)
 
-  def encode_one(raw) -> np.ndarray:
-    raw = raw.item() if isinstance(raw, np.ndarray) else raw
-    return np.asarray(encode(_utf8(raw, spec)), np.int32)
+  _tf_op_name: str  # Name of the numpy_function op (shows in TF errors).
 
-  ids = tf.numpy_function(encode_one, [text], tf.int32, stateful=False,
-                          name=name)
-  ids.set_shape([None])
-  return ids
+  @abc.abstractmethod
+  def _encode_one(self, text: str) -> list[int]:
+    """Raw ids of one text (no specials)."""
+
+  def _encode(self, texts: list[str]) -> list[list[int]]:
+    return [self._encode_one(t) for t in texts]
+
+  def tf_tokenize(self, text: tf.Tensor) -> tf.Tensor:
+    text = _check_scalar_string(text, self.spec)
+
+    def encode_one(raw) -> np.ndarray:
+      raw = raw.item() if isinstance(raw, np.ndarray) else raw
+      return np.asarray(self._encode_one(_utf8(raw, self.spec)), np.int32)
+
+    ids = tf.numpy_function(encode_one, [text], tf.int32, stateful=False,
+                            name=self._tf_op_name)
+    ids.set_shape([None])
+    return ids
+
+  def tf_encode_fixed_many(self, texts: tf.Tensor, max_len: int, *,
+                           eos: str = "sticky", bos: bool = False,
+                           pad_value: int | None = None) -> tf.Tensor:
+    pad, texts = self._check_many(texts, max_len, eos, bos, pad_value)
+
+    def encode_all(raw: np.ndarray) -> np.ndarray:
+      return self.encode_fixed([_utf8(t, self.spec) for t in raw], max_len,
+                               eos=eos, bos=bos, pad_value=pad)
+
+    ids = tf.numpy_function(encode_all, [texts], tf.int32, stateful=False,
+                            name=self._tf_op_name + "_many")
+    ids = tf.reshape(ids, [tf.shape(texts)[0], max_len])
+    ids.set_shape([texts.shape[0], max_len])
+    return ids
 
 
-class SentencePieceTokenizer(Tokenizer):
+class SentencePieceTokenizer(PythonTokenizer):
   """A trained sentencepiece model (unigram or BPE), read from a file.
 
   The special ids are the model's own. A model without a pad piece
   (sentencepiece's default layout has pad_id=-1) pads with its <unk> id
-  (0 in that default layout). `tf_tokenize` runs the Python library through
-  `tf.numpy_function`: fine in tf.data maps, but such a pipeline cannot be
-  serialized (tf.data service, SavedModel). Text that is not valid UTF-8
-  fails loudly at run time.
+  (0 in that default layout).
   """
 
-  encodes_in_python = True
+  _tf_op_name = "sentencepiece_tokenize"
 
   def __init__(self, path: str, spec: str | None = None):
     self.spec = spec or f"sentencepiece:{path}"
@@ -363,14 +378,11 @@ class SentencePieceTokenizer(Tokenizer):
   def _decode(self, ids: list[int]) -> str:
     return self._sp.decode(ids)
 
-  def tf_tokenize(self, text: tf.Tensor) -> tf.Tensor:
-    sp = self._sp
-    return _tf_encode_with_python(
-        text, lambda t: sp.encode(t, out_type=int), self.spec,
-        "sentencepiece_tokenize")
+  def _encode_one(self, text: str) -> list[int]:
+    return self._sp.encode(text, out_type=int)
 
 
-class ClipTokenizer(Tokenizer):
+class ClipTokenizer(PythonTokenizer):
   """CLIP's byte-level BPE (`clip_bpe`), giving exactly open_clip's ids.
 
   49408 ids: pad=0 (open_clip pads with 0, which is also the id of "!"
@@ -385,12 +397,10 @@ class ClipTokenizer(Tokenizer):
 
   Do not canonicalize text before it (no `canonicalize_text` in the pp):
   CLIP's own cleaning runs inside `encode` (ftfy, HTML entities, whitespace,
-  lower case) and CLIP keeps punctuation. `tf_tokenize` runs the Python
-  encoder through `tf.numpy_function` (not serializable; invalid UTF-8 fails
-  at run time).
+  lower case) and CLIP keeps punctuation.
   """
 
-  encodes_in_python = True
+  _tf_op_name = "clip_bpe_tokenize"
 
   def __init__(self, bpe: clip_bpe.ClipBPE, spec: str = "clip"):
     self.spec = spec
@@ -412,8 +422,8 @@ class ClipTokenizer(Tokenizer):
   def bos_id(self) -> int:
     return self.bpe.sot_id
 
-  def _encode(self, texts: list[str]) -> list[list[int]]:
-    return [self.bpe.encode(t) for t in texts]
+  def _encode_one(self, text: str) -> list[int]:
+    return self.bpe.encode(text)
 
   def _decode(self, ids: list[int]) -> str:
     return self.bpe.decode(ids)
@@ -435,12 +445,8 @@ class ClipTokenizer(Tokenizer):
         ids.pop()
     return self._decode([i for i in ids if i != self.bos_id])
 
-  def tf_tokenize(self, text: tf.Tensor) -> tf.Tensor:
-    return _tf_encode_with_python(text, self.bpe.encode, self.spec,
-                                  "clip_bpe_tokenize")
 
-
-class WordPieceTokenizer(Tokenizer):
+class WordPieceTokenizer(PythonTokenizer):
   """BERT's WordPiece (`wordpiece`), giving exactly big_vision's LiT ids.
 
   The vocabulary is a BERT vocab.txt (one token per line, id = line number;
@@ -456,14 +462,13 @@ class WordPieceTokenizer(Tokenizer):
   `encode_fixed(texts, L, bos=True, eos="none")`): [CLS], the first L - 1
   word-piece ids, zeros; no [SEP]. The default eos="sticky" would append
   [SEP], which big_vision's BERT text towers never saw. For a 1-D tensor of
-  captions big_vision picks one at random; here put `choice` before
-  `tokenize` for that. No text cleaning is needed before it (it lower-cases
-  and splits punctuation itself). `tf_tokenize` runs the Python encoder
-  through `tf.numpy_function` (not serializable; invalid UTF-8 fails at run
-  time).
+  captions big_vision picks one at random; here `tokenize` them all (the op
+  takes a 1-D tensor) and `choice` a row after it, or `choice` first. No
+  text cleaning is needed before it (it lower-cases and splits punctuation
+  itself).
   """
 
-  encodes_in_python = True
+  _tf_op_name = "bert_wordpiece_tokenize"
 
   def __init__(self, encoder: wordpiece.WordPiece, spec: str):
     self.spec = spec
@@ -492,15 +497,11 @@ class WordPieceTokenizer(Tokenizer):
   def bos_id(self) -> int:
     return self._cls
 
-  def _encode(self, texts: list[str]) -> list[list[int]]:
-    return [self.encoder.encode(t) for t in texts]
+  def _encode_one(self, text: str) -> list[int]:
+    return self.encoder.encode(text)
 
   def _decode(self, ids: list[int]) -> str:
     return self.encoder.decode(ids)
-
-  def tf_tokenize(self, text: tf.Tensor) -> tf.Tensor:
-    return _tf_encode_with_python(text, self.encoder.encode, self.spec,
-                                  "bert_wordpiece_tokenize")
 
 
 @TOKENIZERS.register("bytes")
