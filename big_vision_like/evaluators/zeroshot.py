@@ -62,6 +62,7 @@ from etils import epath
 from big_vision_like import label_sources
 from big_vision_like import registry
 from big_vision_like import sharding as sharding_lib
+from big_vision_like import soft_labels
 from big_vision_like.evaluators import collect
 from big_vision_like.pp import builder as pp_builder
 
@@ -288,9 +289,7 @@ def zpe_scores(zimg: np.ndarray, per_prompt: np.ndarray, t: float,
 
 def zpe_weights(scores: np.ndarray, tau: float = 1.0) -> np.ndarray:
   """softmax(scores / tau) over prompts, in float64."""
-  x = np.asarray(scores, np.float64) / tau
-  x = np.exp(x - x.max())
-  return x / x.sum()
+  return soft_labels.softmax(np.asarray(scores).reshape(-1), tau)
 
 
 # ------------------------------------------------------------------ evaluator
