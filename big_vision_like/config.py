@@ -383,6 +383,15 @@ def _check_num_classes(config: ml_collections.ConfigDict) -> None:
                       f"{model['num_classes']}; set one of them")
 
 
+def pp_strings(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+  """(config key, pp string) of every pp the run builds: input and evaluators."""
+  out = [("config.input.pp", (config.get("input") or {}).get("pp"))]
+  for name, ev in (config.get("evals") or {}).items():
+    if isinstance(ev, (Mapping, ml_collections.ConfigDict)):
+      out.extend((f"config.evals.{name}.{key}", ev.get(key)) for key in ("pp", "pp_txt"))
+  return [(k, v) for k, v in out if isinstance(v, str)]
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Fails early, naming the culprit, on anything the run would trip over later."""
   # Imported here: they pull in TensorFlow and the pp registry, which a
@@ -424,7 +433,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   registry.MODELS.get(config.model_name)
   _check_num_classes(config)
   tasks.for_config(config).check_config(config)
-  pp_builder.get_preprocess_fn(config.input.pp)
+  for _, pp in pp_strings(config):
+    pp_builder.get_preprocess_fn(pp)
   mixup_lib.from_config(config.get("mixup"))
   profiling.parse(config.get("profile"), 0)
   try:  # Durations like "10min", factors >= 1.
@@ -447,8 +457,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if ref is not None and ref not in config.evals:
       raise ConfigError(f"config.evals.{name}.reference={ref!r} is not an evaluator "
                         f"in config.evals ({sorted(config.evals)})")
-    if "pp" in ev:
-      pp_builder.get_preprocess_fn(ev.pp)
 
 
 def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

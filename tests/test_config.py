@@ -254,3 +254,11 @@ def test_contrastive_config_refuses_an_unknown_text_side():
   with pytest.raises(ValueError, match=r"fashion_contrastive: text='words' is unknown; "
                                        r"known: \['bpe', 'bytes'\]"):
     config_lib.load_config("configs/fashion_contrastive.py:text=words")
+
+
+def test_eval_text_pp_fails_at_validation_naming_the_op():
+  config = config_lib.load_config("configs/fashion_contrastive.py:runlocal")
+  name = next(n for n, ev in config.evals.items() if "pp_txt" in ev)
+  config.evals[name].pp_txt = "tokenise(12)"
+  with pytest.raises(ValueError, match=r"tokenise.*tokenize"):
+    config_lib.validate(config)

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import jax
 
+from big_vision_like import config as config_lib
 from big_vision_like import errors
 from big_vision_like import registry
 from big_vision_like import tasks
@@ -70,15 +71,6 @@ class ImageText(tasks.Task):
     return zimg
 
 
-def _pp_strings(config: Any) -> list[tuple[str, str]]:
-  """(config key, pp string) of every pp that may tokenize text for the model."""
-  out = [("config.input.pp", config.input.get("pp"))]
-  for name, ev in (config.get("evals") or {}).items():
-    for key in ("pp", "pp_txt"):
-      out.append((f"config.evals.{name}.{key}", ev.get(key)))
-  return [(k, v) for k, v in out if isinstance(v, str)]
-
-
 def check_vocab(config: Any) -> None:
   """Every `tokenize` op's ids must fit the text tower's embedding table.
 
@@ -92,7 +84,7 @@ def check_vocab(config: Any) -> None:
   if vocab is None:
     return
   sizes: dict[str, int | None] = {}  # by spec: get_tokenizer reads model files anew
-  for key, pp in _pp_strings(config):
+  for key, pp in config_lib.pp_strings(config):
     for op in pp_builder.parse_ops(pp):
       if op.name != "tokenize":
         continue
