@@ -185,6 +185,18 @@ def test_corrupt_train_record_fails_naming_the_file(broken):
   assert "skip_corrupt=True" in message
 
 
+def test_corrupt_train_record_in_the_cached_prefix_names_the_files(broken):
+  # decode is cached: the failure comes out of the cache's fill, not a step's
+  # batch, so the error is located by scanning the records.
+  it = input_pipeline.make_train_iterator(broken, PP, 8, seed=0,
+                                          shuffle_buffer_size=64, cache=True)
+  with pytest.raises(input_pipeline.BadExampleError) as e:
+    take(it, 6)
+  message = str(e.value)
+  assert "file_name 'train/img_003.jpg'" in message, message
+  assert "file_name 'train/img_017.jpg'" in message, message
+
+
 def test_corrupt_train_records_are_skipped_and_counted(broken):
   it = input_pipeline.make_train_iterator(broken, PP, 4, seed=0,
                                           shuffle_buffer_size=64,
