@@ -129,7 +129,8 @@ def log_start(exp: experiment.Experiment, data: TrainData, start_step: int,
   """Logs devices, model size and FLOPs; returns the progress meter (img/s, MFU, ETA)."""
   batch = exp.config.input.batch_size
   logging.info("Memory: %s", sharding_lib.memory_report(state))
-  peak, peak_source = metrics_lib.peak_flops_per_device(exp.config.peak_flops)
+  peak, peak_source = metrics_lib.peak_flops_per_device(
+      exp.config.peak_flops, getattr(exp.model, "dtype_mm", "float32"))
   fwd = exp.forward_flops_per_example()
   logging.info("Devices: %d (%s), mesh %s, %d processes. Model: %s GFLOPs/image forward. "
                "Peak %.3g FLOP/s per device (%s). %d params.", jax.device_count(),

@@ -40,7 +40,13 @@ def _rows(out: str, header: str) -> dict[str, list[float]]:
 
 
 def test_baseline_table_has_both_rows_and_their_ratio():
-  out = _tool("--baseline", "--steps", "2", "--rounds", "2")
+  # Ours in mixed precision against the plain float32 step: the lines say so,
+  # and the CPU peak is measured in our matmul dtype.
+  out = _tool("--baseline", "--steps", "2", "--rounds", "2", "--baseline_dtype", "float32",
+              "--config.model.dtype_mm=bfloat16", "--config.model.dtype_mm_out=float32")
+  assert ("baseline compute dtype: float32; ours: model.dtype_mm=bfloat16, "
+          "model.dtype_mm_out=float32") in out, out
+  assert "2048x2048 bfloat16 matmul on this CPU" in out, out
   rows = _rows(out, "| step |")
   assert set(rows) == {"ours", "baseline"}, out
   for name, (step_s, img_s, mfu, cpu_s, compile_s) in rows.items():

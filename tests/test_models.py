@@ -350,6 +350,63 @@ def test_vit_bfloat16_compute_float32_params():
   _apply(scanned, scan_params, images)
 
 
+def test_vit_float32_matmul_results_from_bfloat16_operands():
+  # dtype_mm_out="float32": the same params (a checkpoint loads either way),
+  # float32 activations, outputs and gradients close to the float32 model's.
+  kw = dict(head_zeroinit=False, **TINY)
+  images = _images((2, 8, 8, 3))
+  model32 = vit.ViT(**kw)
+  mixed = vit.ViT(dtype_mm="bfloat16", dtype_mm_out="float32", **kw)
+  params = _params(model32, images)
+  assert (jax.tree.structure(_params(mixed, images)) == jax.tree.structure(params))
+  logits, aux = _apply(mixed, params, images)
+  logits32, _ = _apply(model32, params, images)
+  assert aux["encoded"].dtype == jnp.float32  # bf16 results would give bf16
+  np.testing.assert_allclose(np.asarray(logits, np.float32), logits32,
+                             atol=0.05, rtol=0.05)
+
+  def loss(model):
+    return lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, images)[0]
+                                     .astype(jnp.float32)))
+  g32 = jax.grad(loss(model32))(params)
+  gmix = jax.grad(loss(mixed))(params)
+  # Per leaf, relative to its largest gradient (the key bias's is ~0: softmax
+  # ignores it; there, relative to the largest gradient of all).
+  top = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(g32))
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g32), jax.tree.leaves(gmix)):
+    assert b.dtype == jnp.float32, path
+    scale = max(float(np.max(np.abs(a))), 1e-3 * top)
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=0.05 * scale,
+                               err_msg=jax.tree_util.keystr(path))
+  scanned = vit.ViT(dtype_mm="bfloat16", dtype_mm_out="float32", scan=True, **kw)
+  _apply(scanned, _params(scanned, images), images)
+
+
+def test_mixed_matmul_dot_general_matches_float32_dots_and_their_gradients():
+  from big_vision_like.models import mixed_matmul  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  bf = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.bfloat16)
+  f32 = lambda x: x.astype(jnp.float32)
+  cases = [  # (lhs, rhs, dimension numbers): Dense, qkv DenseGeneral, out DenseGeneral
+      (bf(3, 5, 8), bf(8, 6), (((2,), (0,)), ((), ()))),
+      (bf(3, 5, 8), bf(8, 2, 4), (((2,), (0,)), ((), ()))),
+      (bf(3, 5, 2, 4), bf(2, 4, 8), (((2, 3), (0, 1)), ((), ()))),
+      (bf(3, 5, 8), bf(3, 8, 6), (((2,), (1,)), ((0,), (0,)))),  # batch dims: fallback
+  ]
+  for lhs, rhs, dn in cases:
+    got = mixed_matmul.dot_general(lhs, rhs, dn)
+    want = jax.lax.dot_general(f32(lhs), f32(rhs), dn)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    loss = lambda fn: (lambda a, b: jnp.sum(jnp.cos(fn(a, b, dn))))
+    g_got = jax.grad(loss(mixed_matmul.dot_general), (0, 1))(lhs, rhs)
+    g_want = jax.grad(loss(lambda a, b, d: jax.lax.dot_general(f32(a), f32(b), d)),
+                      (0, 1))(lhs, rhs)
+    for a, b in zip(g_got, g_want):
+      assert a.dtype == jnp.bfloat16  # the cotangent of a bf16 operand
+      np.testing.assert_allclose(f32(a), b, rtol=2e-2, atol=2e-2 * float(jnp.max(jnp.abs(b))))
+
+
 @pytest.mark.parametrize("kw, match", [
     (dict(variant="Q/16"), r"model.variant='Q/16'.*known sizes: mu, Ti, S"),
     (dict(variant="B/x"), r"model.variant='B/x'.*patch size 'x'"),
@@ -363,6 +420,10 @@ def test_vit_bfloat16_compute_float32_params():
     (dict(variant="mu/4", remat_policy="save_all"),
      r"model.remat_policy='save_all'.*nothing_saveable"),
     (dict(variant="mu/4", dtype_mm="bf16"), r"model.dtype_mm='bf16'.*bfloat16"),
+    (dict(variant="mu/4", dtype_mm="bfloat16", dtype_mm_out="f32"),
+     r"model.dtype_mm_out='f32'.*float32"),
+    (dict(variant="mu/4", dtype_mm_out="float32"),
+     r"model.dtype_mm_out='float32' needs a 16-bit model.dtype_mm.*float32"),
     (dict(variant="mu/4", num_heads=5), r"model.width=32 .*num_heads=5"),
     (dict(variant="mu/4", depth=0), r"model.depth=0 must be a positive int"),
     (dict(variant="mu/4", width=32.0), r"model.width=32.0 must be a positive"),

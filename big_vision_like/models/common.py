@@ -203,13 +203,18 @@ def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
 def dense(features: int, names: tuple[str | None, str | None], *,
           dtype: Any, kernel_init: Callable[..., Any] | None = None,
           bias_init: Callable[..., Any] | None = None,
-          name: str | None = None) -> nn.Dense:
-  """nn.Dense whose kernel is [names[0], names[1]] and bias [names[1]]."""
+          name: str | None = None, dot_general: Callable[..., Any] | None = None
+          ) -> nn.Dense:
+  """nn.Dense whose kernel is [names[0], names[1]] and bias [names[1]].
+
+  `dot_general`: None (jax's) or e.g. `mixed_matmul.dot_general`.
+  """
   kernel_init = kernel_init or nn.initializers.lecun_normal()
   bias_init = bias_init or nn.initializers.zeros
   return nn.Dense(features, dtype=dtype, name=name,
                   kernel_init=logical(kernel_init, names),
-                  bias_init=logical(bias_init, names[1:]))
+                  bias_init=logical(bias_init, names[1:]),
+                  **({"dot_general": dot_general} if dot_general else {}))
 
 
 def layer_norm(name: str | None = None, eps: float = 1e-6) -> nn.LayerNorm:

@@ -113,8 +113,11 @@ def build_ours(config, *, batch: int, image_size: int, channels: int
 
 
 def build_baseline(exp: experiment.Experiment, *, batch: int, image_size: int,
-                   channels: int) -> Stepper:
-  """The plain flax + optax.adamw step with our model's sizes (ViT configs only)."""
+                   channels: int, dtype: str | None = None) -> Stepper:
+  """The plain flax + optax.adamw step with our model's sizes (ViT configs only).
+
+  `dtype`: the baseline's compute dtype (None: our model's `dtype_mm`).
+  """
   model = exp.model
   if not isinstance(model, vit_lib.ViT) or model.pool_type not in ("gap", "tok"):
     raise SystemExit("--baseline needs a ViT config with pool_type 'gap' or 'tok'")
@@ -123,7 +126,7 @@ def build_baseline(exp: experiment.Experiment, *, batch: int, image_size: int,
       width=dims["width"], depth=dims["depth"], mlp_dim=dims["mlp_dim"],
       num_heads=dims["num_heads"], patch=dims["patch_size"],
       num_classes=model.num_classes or 1000, pool=model.pool_type,
-      dtype=jnp.dtype(model.dtype_mm), batch=batch, image_size=image_size,
+      dtype=jnp.dtype(dtype or model.dtype_mm), batch=batch, image_size=image_size,
       channels=channels, devices=exp.mesh.devices.flatten())
   compiled, secs = _compile(step, state, dev_batch)
   return Stepper("baseline", lambda s, i: compiled(s, dev_batch), state, compiled, secs)
@@ -143,7 +146,8 @@ def benchmark(config, *, batch: int, image_size: int, channels: int, steps: int,
   compile_and_warmup = ours.compile_s + time.perf_counter() - t0
   step_time = float(np.median(ours.run(steps)))
   fwd = exp.forward_flops_per_example() or float("nan")
-  peak, source = metrics_lib.peak_flops_per_device(exp.config.peak_flops)
+  peak, source = metrics_lib.peak_flops_per_device(
+      exp.config.peak_flops, getattr(exp.model, "dtype_mm", "float32"))
   n = jax.device_count()
   rates = _rates(batch, step_time, fwd, peak * n)
   out = {
@@ -161,10 +165,12 @@ def benchmark(config, *, batch: int, image_size: int, channels: int, steps: int,
 
 
 def compare_with_baseline(config, *, batch: int, image_size: int, channels: int,
-                          steps: int, rounds: int, warmup: int = 1) -> dict[str, Any]:
+                          steps: int, rounds: int, warmup: int = 1,
+                          baseline_dtype: str | None = None) -> dict[str, Any]:
   """Ours and the baseline, timed in `rounds` alternating blocks of `steps` steps."""
   ours, exp = build_ours(config, batch=batch, image_size=image_size, channels=channels)
-  base = build_baseline(exp, batch=batch, image_size=image_size, channels=channels)
+  base = build_baseline(exp, batch=batch, image_size=image_size, channels=channels,
+                        dtype=baseline_dtype)
   for s in (ours, base):
     s.run(warmup)
     s.cpu_times.clear()
@@ -174,7 +180,8 @@ def compare_with_baseline(config, *, batch: int, image_size: int, channels: int,
     for s in order:
       times[s.name] += s.run(steps)
   fwd = exp.forward_flops_per_example() or float("nan")
-  peak, source = metrics_lib.peak_flops_per_device(exp.config.peak_flops)
+  peak, source = metrics_lib.peak_flops_per_device(
+      exp.config.peak_flops, getattr(exp.model, "dtype_mm", "float32"))
   peak_all = peak * jax.device_count()
   rows = {s.name: {**_rates(batch, float(np.median(times[s.name])), fwd, peak_all),
                    "cpu_s": float(np.median(s.cpu_times)),
@@ -182,7 +189,8 @@ def compare_with_baseline(config, *, batch: int, image_size: int, channels: int,
           for s in (ours, base)}
   return {"rows": rows, "ratio": rows["ours"]["img_per_sec"] / rows["baseline"]["img_per_sec"],
           "cpu_ratio": rows["baseline"]["cpu_s"] / rows["ours"]["cpu_s"],
-          "fwd_gflops": fwd / 1e9, "peak_source": source, "peak_all": peak_all}
+          "fwd_gflops": fwd / 1e9, "peak_source": source, "peak_all": peak_all,
+          "baseline_dtype": jnp.dtype(baseline_dtype or exp.model.dtype_mm).name}
 
 
 def sweep(config, *, variants=SWEEP_VARIANTS, batches=SWEEP_BATCHES, image_size: int,
@@ -193,7 +201,8 @@ def sweep(config, *, variants=SWEEP_VARIANTS, batches=SWEEP_BATCHES, image_size:
 
   `on_row` sees each row as soon as it is measured (a long sweep prints as it goes).
   """
-  peak, _ = metrics_lib.peak_flops_per_device(config.get("peak_flops"))
+  peak, _ = metrics_lib.peak_flops_per_device(
+      config.get("peak_flops"), config.model.get("dtype_mm", "float32"))
   peak_all = peak * jax.device_count()
   rows = []
   for variant in variants:
@@ -231,6 +240,9 @@ def _print_comparison(config, args, c: dict[str, Any]) -> None:
         f"{args.batch}  on {jax.device_count()} x {jax.devices()[0].device_kind}")
   print(f"FLOPs for both: our model's forward, {c['fwd_gflops']:.3f} GFLOPs/image x 3; "
         f"peak {c['peak_all'] / 1e9:.0f} GFLOP/s all devices ({c['peak_source']})")
+  print(f"baseline compute dtype: {c['baseline_dtype']}; ours: model.dtype_mm="
+        f"{config.model.get('dtype_mm', 'float32')}, model.dtype_mm_out="
+        f"{config.model.get('dtype_mm_out')}")
   print(f"{args.rounds} alternating rounds of {args.steps} steps each; medians\n")
   print("| step | step time (s) | img/s | MFU | CPU s/step | compile (s) |")
   print("| --- | --- | --- | --- | --- | --- |")
@@ -277,6 +289,9 @@ def main(argv=None) -> int:
   parser.add_argument("--baseline", action="store_true",
                       help="also time the plain flax/optax step (tools/baseline_vit.py)")
   parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (--baseline)")
+  parser.add_argument("--baseline_dtype", default=None,
+                      help="the baseline's compute dtype (--baseline; default: our "
+                           "model.dtype_mm), e.g. float32 against ours in bfloat16")
   parser.add_argument("--sweep", action="store_true",
                       help="ViT-Ti/S/B x batch 8/16/32: step time and memory per device")
   parser.add_argument("--variants", default=",".join(SWEEP_VARIANTS), help="(--sweep)")
@@ -292,7 +307,8 @@ def main(argv=None) -> int:
     _print_sweep_footer()
   elif args.baseline:
     _print_comparison(config, args, compare_with_baseline(
-        config, batch=args.batch, rounds=args.rounds, **kw))
+        config, batch=args.batch, rounds=args.rounds, baseline_dtype=args.baseline_dtype,
+        **kw))
   else:
     _print_report(config, args, benchmark(config, batch=args.batch, **kw))
   return 0
