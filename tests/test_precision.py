@@ -49,3 +49,16 @@ def test_bf16_compute_and_moments_keep_float32_masters(fashion_mnist_data_dir, t
   assert len(l32) == len(l16) == 4
   np.testing.assert_allclose(l16, l32, rtol=2e-2)
   assert not np.array_equal(l16, l32)  # bf16 really computed in bf16
+
+  # bf16 operands with float32 matmul results (model.dtype_mm_out) train the
+  # same way, with float32 params and the same checkpointed param tree.
+  out = train_lib.train(
+      tiny_config(fashion_mnist_data_dir, **common,
+                  **{"model.dtype_mm": "bfloat16", "model.dtype_mm_out": "float32"}),
+      str(tmp_path / "mixed"))
+  assert (jax.tree.structure(out["state"]["params"])
+          == jax.tree.structure(base["state"]["params"]))
+  assert {x.dtype for x in jax.tree.leaves(out["state"]["params"])} == {jnp.dtype("float32")}
+  lmix = loss(tmp_path / "mixed")
+  np.testing.assert_allclose(lmix, l32, rtol=2e-2)
+  assert not np.array_equal(lmix, l32)
