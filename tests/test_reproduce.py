@@ -48,7 +48,7 @@ def test_reads_the_benchmark_tools_own_tables(capsys):
   comparison = {"fwd_gflops": 9.2, "peak_all": 1.75e11, "peak_source": "measured",
                 "rows": {"ours": row(7.47, 4.284, 0.6767),
                          "baseline": row(7.081, 4.519, 0.7138)},
-                "ratio": 0.948, "cpu_ratio": 0.947}
+                "ratio": 0.948, "cpu_ratio": 0.947, "baseline_dtype": "float32"}
   benchmark._print_comparison(  # pylint: disable=protected-access
       types.SimpleNamespace(model_name="vit", model={}),
       types.SimpleNamespace(image_size=224, batch=32, rounds=3, steps=3), comparison)
