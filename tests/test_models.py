@@ -361,7 +361,7 @@ def test_vit_float32_matmul_results_from_bfloat16_operands():
   assert (jax.tree.structure(_params(mixed, images)) == jax.tree.structure(params))
   logits, aux = _apply(mixed, params, images)
   logits32, _ = _apply(model32, params, images)
-  assert aux["encoded"].dtype == jnp.float32  # bf16 results would give bf16
+  assert aux["encoded"].dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(logits, np.float32), logits32,
                              atol=0.05, rtol=0.05)
 
@@ -378,8 +378,18 @@ def test_vit_float32_matmul_results_from_bfloat16_operands():
     scale = max(float(np.max(np.abs(a))), 1e-3 * top)
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=0.05 * scale,
                                err_msg=jax.tree_util.keystr(path))
+  # Every q/k/v/output projection and both MLP layers of every block go
+  # through mixed_matmul's custom VJP (flax's bf16 path has none), under
+  # nn.scan too.
+  def mixed_calls(model):
+    params = _params(model, images)
+    jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, images))(params)
+    return str(jaxpr).count("custom_vjp_call")
+  assert mixed_calls(mixed) == 6 * TINY["depth"]
+  assert mixed_calls(vit.ViT(dtype_mm="bfloat16", **kw)) == 0
   scanned = vit.ViT(dtype_mm="bfloat16", dtype_mm_out="float32", scan=True, **kw)
-  _apply(scanned, _params(scanned, images), images)
+  assert mixed_calls(scanned) >= 6
+  assert mixed_calls(vit.ViT(dtype_mm="bfloat16", scan=True, **kw)) == 0
 
 
 def test_mixed_matmul_dot_general_matches_float32_dots_and_their_gradients():
