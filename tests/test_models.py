@@ -733,8 +733,38 @@ def test_attention_implementation_by_platform():
   pick = vit_lib.attention_implementation
   assert pick(jnp.bfloat16, 64, backend="gpu") == "cudnn"
   assert pick(jnp.float16, 128, backend="cuda") == "cudnn"
-  assert pick(jnp.float32, 64, backend="gpu") is None  # cuDNN's kernel is bf16/fp16
-  assert pick(jnp.bfloat16, 100, backend="gpu") is None  # head size it does not take
-  assert pick(jnp.bfloat16, 64, backend="tpu") is None
-  assert pick(jnp.bfloat16, 64, backend="cpu") is None
-  assert pick(jnp.bfloat16, 64) is None  # this machine
+  assert pick(jnp.float32, 64, backend="gpu") == "xla"  # cuDNN's kernel is bf16/fp16
+  assert pick(jnp.bfloat16, 100, backend="gpu") == "xla"  # head size it does not take
+  assert pick(jnp.bfloat16, 64, backend="tpu") == "xla"
+  assert pick(jnp.float32, 64, backend="cpu") == "heads_major"
+  assert pick(jnp.bfloat16, 64) == "heads_major"  # this machine
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_heads_major_attention_equals_jax_nn(dtype):
+  """Values and gradients equal jax.nn.dot_product_attention's, masks included."""
+  from big_vision_like.models import vit as vit_lib
+  b, t, n, h = 2, 7, 3, 8
+  keys = jax.random.split(jax.random.key(0), 4)
+  q, k, v, g = (jax.random.normal(kk, (b, t, n, h), jnp.float32).astype(dtype)
+                for kk in keys)
+  causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
+  padding = jnp.arange(t)[None, None, None, :] < jnp.array([5, 7])[:, None, None, None]
+  row_masked = jnp.ones((b, 1, t, t), bool).at[0, :, 2, :].set(False)  # a fully masked row
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  for mask in (None, causal, padding, row_masked):
+    def loss(fn, q, k, v, mask=mask):
+      return (fn(q, k, v, mask=mask).astype(jnp.float32) * g.astype(jnp.float32)).sum()
+    ours = jax.value_and_grad(lambda *a: loss(vit_lib.heads_major_attention, *a),
+                              argnums=(0, 1, 2))(q, k, v)
+    ref = jax.value_and_grad(lambda *a: loss(jax.nn.dot_product_attention, *a),
+                             argnums=(0, 1, 2))(q, k, v)
+    out = vit_lib.heads_major_attention(q, k, v, mask=mask)
+    assert out.dtype == dtype and out.shape == (b, t, n, h)
+    np.testing.assert_allclose(
+        np.asarray(out, np.float32),
+        np.asarray(jax.nn.dot_product_attention(q, k, v, mask=mask), np.float32),
+        atol=tol, rtol=tol)
+    for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+      np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32),
+                                 atol=tol * 10, rtol=tol)
