@@ -149,3 +149,23 @@ def test_format_table_ratios_targets_and_missing_op():
   assert randaug[2] == "n/a (op missing: randaug)"
   assert randaug[3:] == [""] * 8
   assert "bare, eval's work" not in table  # Phases not run are left out.
+
+
+def test_paired_ratios_set_each_repeat_against_the_same_repeat_of_bare():
+  def result(cpu_ms):
+    return {"cpu_ms_per_img": cpu_ms}
+  runs = {
+      # A load during repeat 2 slowed both bare and randaug.
+      "bare_train": [result(1.2), result(1.8), result(1.0)],
+      "train_randaug": [result(1.5), result(2.0), result(1.3)],
+      "train": [result(1.0)],  # Fewer repeats: only the pairs that exist.
+      "eval": [{"missing": "x"}, result(2.0)],  # No bare_eval run at all.
+  }
+  paired = bi.paired_cpu_ratios(runs)
+  assert sorted(paired) == ["train", "train_randaug"]
+  np.testing.assert_allclose(paired["train_randaug"],
+                             [1.2 / 1.5, 1.8 / 2.0, 1.0 / 1.3])
+  np.testing.assert_allclose(paired["train"], [1.2])
+  # Best against best (the table's ratio) would say 1.0 / 1.3 = 0.77; the
+  # median of the pairs says 0.80.
+  assert round(float(np.median(paired["train_randaug"])), 2) == 0.80

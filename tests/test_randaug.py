@@ -113,10 +113,10 @@ def test_randaug_applies_exactly_the_drawn_ops_at_the_magnitude(
   # With the draws above uniform, this makes the op frequencies and the
   # magnitudes of randaug's outputs those of DEFAULT_OPS at `pp_args[1]`.
   names = ra.DEFAULT_OPS[convention]
-  # Eager on both sides: in a graph, grappler may compute Rotate's
-  # coordinates with different float rounding (a pixel or so differs at
-  # nearest-neighbour ties, with the previous implementation too).
-  fn = ra.get_randaug(*pp_args)
+  # randaug traced into a graph, the chain eagerly: the drawn op runs in a
+  # functional Case branch, which grappler's arithmetic rewrites leave as
+  # written, so the two agree to the byte (see `run_drawn_op`).
+  fn = tf.function(ra.get_randaug(*pp_args), autograph=False)
   x = tf.constant(_golden_module().image("rgb"))
   seen = set()
   for s in range(24):
@@ -132,3 +132,19 @@ def test_randaug_applies_exactly_the_drawn_ops_at_the_magnitude(
         fn({"image": x, "_seed": seed})["image"], expected,
         err_msg=f"seed {s}")
   assert len(seen) >= len(names) // 2
+
+
+def test_the_drawn_op_runs_as_a_functional_case_in_a_graph():
+  # Lowered into Switch/Merge, every op of all 16 branches would run as a
+  # node of the tf.data function per image (`run_drawn_op`).
+  fn = ra.get_randaug(2, 15)
+  graph = tf.function(lambda x, s: fn({"image": x, "_seed": s})["image"]
+                      ).get_concrete_function(
+                          tf.TensorSpec([None, None, 3], tf.uint8),
+                          tf.TensorSpec([2], tf.int64)).graph
+  cases = [op for op in graph.get_operations()
+           if op.type in ("Case", "StatelessCase")]
+  assert len(cases) == 2, [op.type for op in graph.get_operations()]
+  for op in cases:
+    assert op.get_attr("_lower_using_switch_merge") is False, op.name
+    assert len(op.get_attr("branches")) == 16

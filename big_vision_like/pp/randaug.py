@@ -4,8 +4,9 @@ ImageNet training recipes (ViT/DeiT-style "AugReg") apply RandAugment per
 example inside `tf.data`, so it is written in TensorFlow graph ops, works on
 images of any (statically unknown) size, and takes all of its randomness from
 the per-example seed of the pp builder: the same seed always gives the same
-image. Each layer draws one op uniformly and runs only that op
-(`tf.switch_case`), so the cost per layer is one op, not all of them.
+image. Each layer draws one op uniformly and runs only that op (one
+functional `Case` op, see `run_drawn_op`), so the cost per layer is one op,
+not all of them.
 
 It runs on the host CPU for every training image, next to the JPEG decode,
 so its cost per image is what limits throughput (`randaug(2, 15)` at first
@@ -30,6 +31,7 @@ monotone in the magnitude and the identity at 0.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -37,6 +39,14 @@ import tensorflow as tf
 
 from big_vision_like.pp.builder import get_seed, random_op
 from big_vision_like.registry import PP_OPS
+
+try:  # The Case builder behind tf.switch_case; see `run_drawn_op`.
+  from tensorflow.python.ops import cond_v2 as _cond_v2
+except ImportError:  # pragma: no cover - a TF that moved it: plain switch.
+  _cond_v2 = None
+_CASE_CAN_STAY_FUNCTIONAL = _cond_v2 is not None and hasattr(
+    _cond_v2, "indexed_case") and "lower_using_switch_merge" in (
+        inspect.signature(_cond_v2.indexed_case).parameters)
 
 Example = dict[str, Any]
 
@@ -544,6 +554,35 @@ def apply_op(image: tf.Tensor, name: str, magnitude: float, rand: tf.Tensor,
   return tf.ensure_shape(out, image.shape)
 
 
+def run_drawn_op(index: tf.Tensor,
+                 branches: Sequence[Callable[[], tf.Tensor]]) -> tf.Tensor:
+  """`tf.switch_case(index, branches)`, kept one functional Case op in graphs.
+
+  In a graph (a tf.data map function), tf.switch_case marks its Case op to
+  be lowered into Switch/Merge control flow: every op of every branch
+  becomes a node of the map function, and the branches not taken still
+  pass "dead" tensors from node to node. With 16 branches per layer that
+  bookkeeping costs about as much as the drawn ops. Left functional, the
+  Case kernel calls only the drawn branch's function: the decode + crop +
+  `randaug(2, 15)` pipeline took 1.15x less CPU per image (median of 30
+  interleaved rounds, BENCHMARKS.md). tf.switch_case has no public argument
+  for this, so this calls the builder it uses, TF's
+  `cond_v2.indexed_case`, with lowering off (TF is pinned in
+  requirements.txt; a TF without it gets the plain tf.switch_case: the same
+  ops, slower). Eagerly, it just runs the drawn branch.
+
+  One visible difference: grappler's arithmetic optimizer regroups chains of
+  additions in a graph's main body but not inside these branch functions,
+  so a blend or a rotation whose float sum lands exactly on a rounding
+  boundary can come out one level different from the lowered version; the
+  branches compute what the code says, as eager execution does.
+  """
+  if tf.executing_eagerly() or not _CASE_CAN_STAY_FUNCTIONAL:
+    return tf.switch_case(index, branches)
+  return _cond_v2.indexed_case(index, list(branches),
+                               lower_using_switch_merge=False)
+
+
 @PP_OPS.register("randaug")
 @random_op
 def get_randaug(num_layers: int = 2, magnitude: float = 10,
@@ -662,7 +701,7 @@ def get_randaug(num_layers: int = 2, magnitude: float = 10,
       branches = [functools.partial(apply_op, image, name, magnitude,
                                     rands[i], fill, interpolation, convention)
                   for name in names]
-      return tf.switch_case(indices[i], branches)
+      return run_drawn_op(indices[i], branches)
 
     # Unrolled layers, not a `tf.while_loop`: the loop halved the tracing
     # time of `randaug(2, ...)` but cost ~0.2 ms per image in tf.data.

@@ -39,6 +39,7 @@ import dataclasses
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -505,6 +506,27 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
   return "\n".join(rows)
 
 
+def paired_cpu_ratios(runs: dict[str, list[dict[str, Any]]]
+                      ) -> dict[str, list[float]]:
+  """Per phase with a bare phase: bare / ours CPU ms per image, per repeat.
+
+  The table's ratios set the best run of each row against each other, and
+  on a shared machine those can come from different moments of its load
+  (RandAugment's ratio ranged over 0.73-1.01 between repeats of one run).
+  Repeat i of a phase and repeat i of its bare phase ran minutes apart at
+  most, so their ratio is the steadier number.
+  """
+  out = {}
+  for phase, phase_runs in runs.items():
+    bare = runs.get(PHASES[phase].bare or "", [])
+    pairs = [(b, r) for b, r in zip(bare, phase_runs)
+             if "cpu_ms_per_img" in b and "cpu_ms_per_img" in r]
+    if pairs:
+      out[phase] = [b["cpu_ms_per_img"] / r["cpu_ms_per_img"]
+                    for b, r in pairs]
+  return out
+
+
 def _best(old: dict[str, Any] | None, new: dict[str, Any]
           ) -> dict[str, Any]:
   """The faster of two runs of a phase, with the larger peak RSS."""
@@ -578,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("cached" if stats["cached"] else
            f"generated in {stats['generate_s']:.1f} s")
         + f" in {args.tfds_data_dir}", flush=True)
-  results = {}
+  results, runs = {}, {}
   for repeat in range(args.repeats):  # Interleaved, so drifts hit all.
     for phase in phases:
       r = _run_phase_subprocess(phase, args)
@@ -590,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f", iterator teardown {r['teardown_s']:.2f} s/pass (not timed)"
              if "teardown_s" in r else "")), flush=True)
       results[phase] = _best(results.get(phase), r)
+      runs.setdefault(phase, []).append(r)
   cores = next((r["cores"] for r in results.values() if "cores" in r), None)
   print(f"\nbatch {args.batch}; train: {args.warmup_batches} warm-up + "
         f"{args.batches} timed batches; eval: 1 warm-up + {args.eval_passes} "
@@ -599,6 +622,14 @@ def main(argv: list[str] | None = None) -> int:
         f"best of {args.repeats} fresh process(es) per row "
         f"(peak RSS: the largest)\n")
   print(format_table(results))
+  paired = paired_cpu_ratios(runs)
+  if paired and args.repeats > 1:
+    print(f"\nCPU vs bare per repeat (bare and ours ran back to back in each "
+          f"repeat, so a load that came and went hits both; median "
+          f"[min-max] of {args.repeats}): " + "; ".join(
+              f"{phase} {statistics.median(ratios):.2f} "
+              f"[{min(ratios):.2f}-{max(ratios):.2f}]"
+              for phase, ratios in paired.items()))
   # The pipeline reads ahead about `prefetch` (2) batches of the consumer.
   timed = (args.warmup_batches + args.batches + 2) * args.batch
   if any(PHASES[p].split == "train" for p in phases) and (

@@ -1,0 +1,38 @@
+"""tools/benchmark_randaug: a real (tiny) run, and the report's arithmetic."""
+
+from __future__ import annotations
+
+import re
+
+from big_vision_like.tools import benchmark_randaug as br
+
+
+def test_tiny_run_prints_all_three_pipelines_with_numbers():
+  lines = []
+  assert br.main(["--rounds", "2", "--images", "6", "--passes", "1",
+                  "--batch", "3"], out=lines.append) == 0
+  text = "\n".join(lines)
+  for name in ("without randaug", "lowered", "functional"):
+    row = re.search(rf"^\| {name} \| ([0-9.]+) \| ([0-9.]+)-([0-9.]+) \|",
+                    text, re.M)
+    assert row, text
+    median, low, high = map(float, row.groups())
+    assert 0 < low <= median <= high, text
+  assert re.search(r"functional cheaper in [0-2] of 2 rounds", text), text
+  assert "6 JPEGs x 1 passes" in text
+
+
+def test_report_takes_per_round_differences_and_counts_wins():
+  times = {"without randaug": [1.0, 2.0, 1.5],
+           "lowered": [2.0, 3.2, 1.9],
+           "functional": [1.5, 3.4, 1.6]}
+  report = br.format_report(times)
+  # randaug's own cost per round: lowered 1.0, 1.2, 0.4; functional 0.5,
+  # 1.4, 0.1: medians 1.0 and 0.5 (differences of the medians would say
+  # 0.5 and 0.1).
+  assert "| lowered | 2.000 | 1.900-3.200 | 1.000 |" in report, report
+  assert "| functional | 1.600 | 1.500-3.400 | 0.500 |" in report, report
+  assert "| without randaug | 1.500 | 1.000-2.000 |  |" in report, report
+  assert "functional cheaper in 2 of 3 rounds" in report
+  # Ratios per round 1.333, 0.941, 1.1875: median 1.1875.
+  assert re.search(r"per round: median 1\.18[78];", report), report
