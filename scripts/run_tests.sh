@@ -18,7 +18,8 @@ fi
 # Much of the suite is single-threaded (imports, tracing, XLA compiles,
 # subprocess start-up): two workers on 2 cores cut its wall time by ~30%
 # (BENCHMARKS.md, "Test suite"). Whole files go to one worker (--dist
-# loadfile), so an expensive module fixture is built once.
+# loadfile), so an expensive module fixture is built once; files go out
+# slowest first (tests/conftest.py), not by their number of tests.
 # BVL_TEST_WORKERS=0 runs everything in this process.
 mem_gb=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1048576 ))
 workers=$(nproc)
@@ -26,4 +27,5 @@ workers=$(nproc)
 [ "$workers" -gt $(( mem_gb / 8 )) ] && workers=$(( mem_gb / 8 ))
 [ "$workers" -lt 1 ] && workers=1
 workers="${BVL_TEST_WORKERS:-$workers}"
-exec .venv/bin/python -m pytest -q --durations=25 -n "$workers" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -q --durations=25 -n "$workers" --dist loadfile \
+  --no-loadscope-reorder "$@"

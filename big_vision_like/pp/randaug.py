@@ -564,7 +564,7 @@ def run_drawn_op(index: tf.Tensor,
   pass "dead" tensors from node to node. With 16 branches per layer that
   bookkeeping costs about as much as the drawn ops. Left functional, the
   Case kernel calls only the drawn branch's function: the decode + crop +
-  `randaug(2, 15)` pipeline took 1.15x less CPU per image (median of 30
+  `randaug(2, 15)` pipeline took 1.16x less CPU per image (median of 30
   interleaved rounds, BENCHMARKS.md). tf.switch_case has no public argument
   for this, so this calls the builder it uses, TF's
   `cond_v2.indexed_case`, with lowering off (TF is pinned in
