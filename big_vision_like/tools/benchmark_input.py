@@ -512,7 +512,7 @@ def paired_cpu_ratios(runs: dict[str, list[dict[str, Any]]]
 
   The table's ratios set the best run of each row against each other, and
   on a shared machine those can come from different moments of its load
-  (RandAugment's ratio ranged over 0.73-1.01 between repeats of one run).
+  (RandAugment's ratio ranged over 0.75-1.11 between repeats of one run).
   Repeat i of a phase and repeat i of its bare phase ran minutes apart at
   most, so their ratio is the steadier number.
   """
@@ -624,8 +624,9 @@ def main(argv: list[str] | None = None) -> int:
   print(format_table(results))
   paired = paired_cpu_ratios(runs)
   if paired and args.repeats > 1:
-    print(f"\nCPU vs bare per repeat (bare and ours ran back to back in each "
-          f"repeat, so a load that came and went hits both; median "
+    print(f"\nCPU vs bare per repeat (bare and ours of one repeat ran "
+          f"minutes apart at most, so a load that came and went hits both; "
+          f"median "
           f"[min-max] of {args.repeats}): " + "; ".join(
               f"{phase} {statistics.median(ratios):.2f} "
               f"[{min(ratios):.2f}-{max(ratios):.2f}]"
