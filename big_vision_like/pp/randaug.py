@@ -563,9 +563,9 @@ def run_drawn_op(index: tf.Tensor,
   becomes a node of the map function, and the branches not taken still
   pass "dead" tensors from node to node. With 16 branches per layer that
   bookkeeping costs about as much as the drawn ops. Left functional, the
-  Case kernel calls only the drawn branch's function: the decode + crop +
-  `randaug(2, 15)` pipeline took 1.16x less CPU per image (median of 30
-  interleaved rounds, BENCHMARKS.md). tf.switch_case has no public argument
+  Case kernel calls only the drawn branch's function: randaug's own CPU
+  cost per image fell by ~21% (0.81 -> 0.64 ms, median of 30 interleaved
+  rounds, `tools/benchmark_randaug`, BENCHMARKS.md). tf.switch_case has no public argument
   for this, so this calls the builder it uses, TF's
   `cond_v2.indexed_case`, with lowering off (TF is pinned in
   requirements.txt; a TF without it gets the plain tf.switch_case: the same

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from big_vision_like.pp import randaug
 from big_vision_like.pp.builder import get_preprocess_fn
+from big_vision_like.tools.benchmark_input import natural_image
 
 CROP_PP = "decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)"
 RANDAUG_PP = ("decode_jpeg_and_inception_crop(224)|flip_lr|randaug(2, 15)|"
@@ -39,16 +40,11 @@ RANDAUG_PP = ("decode_jpeg_and_inception_crop(224)|flip_lr|randaug(2, 15)|"
 
 
 def make_jpegs(count: int, seed: int = 0) -> list[bytes]:
-  """`count` 300x400 JPEGs of smooth random shapes plus noise (quality 90)."""
+  """`count` 375x500 JPEGs (quality 90) of `benchmark_input`'s ImageNet-like
+  images."""
   rng = np.random.default_rng(seed)
-  jpegs = []
-  for _ in range(count):
-    coarse = rng.normal(0.0, 1.0, (1, 12, 16, 3)).astype(np.float32)
-    smooth = tf.image.resize(coarse, (300, 400), "bicubic")[0].numpy()
-    pixels = 128 + 50 * smooth + rng.normal(0.0, 8.0, smooth.shape)
-    jpegs.append(tf.io.encode_jpeg(
-        np.clip(pixels, 0, 255).astype(np.uint8), quality=90).numpy())
-  return jpegs
+  return [tf.io.encode_jpeg(natural_image(rng, 375, 500), quality=90).numpy()
+          for _ in range(count)]
 
 
 def _pipeline(jpegs: Sequence[bytes], pp: str, functional: bool,
@@ -64,14 +60,15 @@ def _pipeline(jpegs: Sequence[bytes], pp: str, functional: bool,
         passes).enumerate().map(
             lambda i, b: fn({"image": b, "_seed": tf.stack([i, seed_b])}
                             )["image"],
-            num_parallel_calls=len(_cores()), deterministic=True)
+            num_parallel_calls=_threads(), deterministic=True)
   finally:
     randaug._CASE_CAN_STAY_FUNCTIONAL = was  # pylint: disable=protected-access
   return ds.batch(batch)
 
 
-def _cores() -> set[int]:
-  return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else {0}
+def _threads() -> int:
+  # As many map threads as cores, like the pipelines `benchmark_input` times.
+  return len(os.sched_getaffinity(0))
 
 
 def _cpu_ms_per_image(ds: tf.data.Dataset) -> float:
@@ -136,7 +133,7 @@ def main(argv: Sequence[str] | None = None,
                  "randaug runs lowered; there is nothing to compare")
   times = run(args.rounds, args.images, args.passes, args.batch)
   out(f"{args.images} JPEGs x {args.passes} passes per timing, batch "
-      f"{args.batch}, {len(_cores())} map threads, {args.rounds} rounds "
+      f"{args.batch}, {_threads()} map threads, {args.rounds} rounds "
       f"(the three pipelines in turn); pp with randaug: `{RANDAUG_PP}`\n")
   out(format_report(times))
   return 0
