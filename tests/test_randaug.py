@@ -148,3 +148,41 @@ def test_the_drawn_op_runs_as_a_functional_case_in_a_graph():
   for op in cases:
     assert op.get_attr("_lower_using_switch_merge") is False, op.name
     assert len(op.get_attr("branches")) == 16
+
+
+def _xla_calls(graph: tf.Graph) -> list[str]:
+  """Functions of `graph` (nested ones included) that XLA must compile."""
+  return [f.signature.name for f in graph.as_graph_def().library.function
+          if f.attr["_XlaMustCompile"].b]
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_equalize_looks_up_with_xla_for_static_shapes_only(channels):
+  # The lookup runs as one XLA-compiled function when the image's shape is
+  # known at trace time (fixed-size crops); an unknown shape keeps TF's
+  # gather, since XLA would compile once per image size. Both give the
+  # bytes of the eager (plain gather) path.
+  golden = _golden_module()
+  image = golden.image("rgb" if channels == 3 else "gray")
+  static = tf.function(ra.equalize).get_concrete_function(
+      tf.TensorSpec(image.shape, tf.uint8))
+  dynamic = tf.function(ra.equalize).get_concrete_function(
+      tf.TensorSpec([None, None, channels], tf.uint8))
+  assert _xla_calls(static.graph), "no XLA-compiled lookup in the graph"
+  assert not _xla_calls(dynamic.graph)
+  rng = np.random.default_rng(channels)
+  for x in (image, rng.integers(40, 90, image.shape, dtype=np.uint8),
+            np.full(image.shape, 7, np.uint8)):
+    eager = ra.equalize(x).numpy()
+    np.testing.assert_array_equal(static(tf.constant(x)), eager)
+    np.testing.assert_array_equal(dynamic(tf.constant(x)), eager)
+  # And inside randaug's Case branches, with a fixed-size input.
+  fn = tf.function(ra.get_randaug(2, 15, ops=["Equalize"]), autograph=False)
+  graph = fn.get_concrete_function(
+      {"image": tf.TensorSpec(image.shape, tf.uint8),
+       "_seed": tf.TensorSpec([2], tf.int64)}).graph
+  assert _xla_calls(graph)
+  np.testing.assert_array_equal(
+      fn({"image": tf.constant(image),
+          "_seed": tf.constant([1, 2], tf.int64)})["image"],
+      ra.equalize(ra.equalize(image)))
