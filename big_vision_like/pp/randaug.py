@@ -585,12 +585,12 @@ def run_drawn_op(index: tf.Tensor,
   In a graph (a tf.data map function), tf.switch_case marks its Case op to
   be lowered into Switch/Merge control flow: every op of every branch
   becomes a node of the map function, and the branches not taken still
-  pass "dead" tensors from node to node. With 16 branches per layer that
-  bookkeeping costs about as much as the drawn ops. Left functional, the
-  Case kernel calls only the drawn branch's function: randaug's own CPU
-  cost per image fell by ~21% (0.81 -> 0.64 ms, median of 30 interleaved
-  rounds, `tools/benchmark_randaug`, BENCHMARKS.md). tf.switch_case has no public argument
-  for this, so this calls the builder it uses, TF's
+  pass "dead" tensors from node to node. Left functional, the Case kernel
+  calls only the drawn branch's function. Measured with one iterator per
+  pipeline (`tools/benchmark_randaug`, BENCHMARKS.md): randaug's own CPU per
+  image ~4% lower (0.48 -> 0.46 ms), and ~0.3 s less to start an iterator
+  (a smaller map function for grappler to optimize). tf.switch_case has no
+  public argument for this, so this calls the builder it uses, TF's
   `cond_v2.indexed_case`, with lowering off (TF is pinned in
   requirements.txt; a TF without it gets the plain tf.switch_case: the same
   ops, slower). Eagerly, it just runs the drawn branch.

@@ -52,10 +52,19 @@ import numpy as np
 # parent process and tests that only format tables stay light.
 
 IMAGE_SIZE = 224
-TRAIN_PP = (f"decode_jpeg_and_inception_crop({IMAGE_SIZE})|flip_lr|"
-            f"value_range(-1, 1)|onehot(1000)")
-RANDAUG_PP = (f"decode_jpeg_and_inception_crop({IMAGE_SIZE})|flip_lr|"
-              f"randaug(2, 15)|value_range(-1, 1)|onehot(1000)")
+# The train pipelines as configs/vit_i1k.py runs them: its inception crop
+# (aspect ratios up to 4/3, 32 tries, resize rounded) and uint8 images, which
+# become floats on the device (config.device_value_range); tests check that
+# RANDAUG_PP is that config's string for randaug(2, 15).
+_CONFIG_CROP = (f"decode_jpeg_and_inception_crop({IMAGE_SIZE}, "
+                "ratio_max=1.3333333333333333, max_attempts=32, "
+                "rounding='round')|flip_lr")
+TRAIN_PP = f"{_CONFIG_CROP}|onehot(1000)"
+RANDAUG_PP = f"{_CONFIG_CROP}|randaug(2, 15)|onehot(1000)"
+# The same with the float conversion on the host, as pp strings without
+# device_value_range do: 4x the bytes per batch.
+HOST_FLOAT_RANDAUG_PP = (f"{_CONFIG_CROP}|randaug(2, 15)|value_range(-1, 1)|"
+                         "onehot(1000)")
 # The classic spelling of the eval crop; EVAL_PP decodes only the crop.
 # Bilinear and rounded, like the bare pipeline it is compared with
 # (big_vision's resize_small defaults to method="area", truncated).
@@ -105,7 +114,10 @@ PHASES = {
     "train": Phase("ours: make_train_iterator", TRAIN_PP, "train",
                    "bare_train", 0.8),
     "train_randaug": Phase("ours: make_train_iterator + randaug", RANDAUG_PP,
-                           "train", "bare_train"),
+                           "train", "bare_train", 0.85),
+    "train_randaug_host_float": Phase(
+        "ours: make_train_iterator + randaug, value_range on the host",
+        HOST_FLOAT_RANDAUG_PP, "train", "bare_train"),
     "bare_eval": Phase("bare limit (validation files)", _BARE, "validation"),
     "bare_eval_work": Phase(
         "bare, eval's work: resize_small + crop", "decode_jpeg|resize(shorter "
