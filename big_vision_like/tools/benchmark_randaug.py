@@ -31,7 +31,6 @@ older form, in how many rounds the current one was cheaper.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -40,6 +39,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from big_vision_like.data import tf_options
 from big_vision_like.pp import randaug
 from big_vision_like.pp.builder import get_preprocess_fn
 from big_vision_like.tools.benchmark_input import natural_image
@@ -86,16 +86,17 @@ def _iterator(jpegs: Sequence[bytes], pp: str, functional: bool,
   # No map-and-batch fusion: the fused op computes a whole batch ahead, so
   # after a timing it would go on working (on the CPU clock of the NEXT
   # pipeline timed) for up to `batch` images. The parallel map alone keeps
-  # at most `_threads()` images in flight. No autotuner thread either.
-  options = tf.data.Options()
+  # at most `_threads()` images in flight. Otherwise our pipelines' options
+  # (no autotuner thread).
+  options = tf_options.options()
   options.experimental_optimization.map_and_batch_fusion = False
-  options.autotune.enabled = False
   return iter(ds.batch(batch).with_options(options))
 
 
 def _threads() -> int:
-  # As many map threads as cores, like the pipelines `benchmark_input` times.
-  return len(os.sched_getaffinity(0))
+  # As many map threads as our input pipelines use (the CPUs this process
+  # may run on).
+  return tf_options.parallelism()
 
 
 def _cpu_ms_per_image(batches: Iterator[tf.Tensor], count: int) -> float:
